@@ -1,0 +1,228 @@
+//! The command-line contract. Verb and flag names follow rpm-ostree/bootc where
+//! they exist, because scripts and docs depend on them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hostctl",
+    version,
+    about = "Atomic, image-based OS updates for Debian hosts"
+)]
+pub struct Cli {
+    /// Root of the sysroot to operate on.
+    #[arg(long, global = true, default_value = "/", value_name = "DIR")]
+    pub sysroot: PathBuf,
+    /// Stateroot (OSTree "osname"); defaults to the booted one, else the only one present.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub stateroot: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build-side commands: compose a tree into an OSTree repository.
+    #[command(subcommand)]
+    Compose(ComposeCmd),
+    /// Turn an empty directory or filesystem into a sysroot and deploy REF into it.
+    Install(InstallArgs),
+    /// Show deployments in boot order.
+    Status(StatusArgs),
+    /// Fetch the newest commit of the origin's ref and make it the next boot.
+    Upgrade(UpgradeArgs),
+    /// Make the previous deployment the default.
+    Rollback,
+    /// Deploy a specific commit of the origin ref's history (version or checksum prefix).
+    Deploy(DeployArgs),
+    /// Switch the origin to another ref and deploy its head.
+    Rebase(RebaseArgs),
+    /// Show or change the kernel arguments of the default deployment.
+    Kargs(KargsArgs),
+    /// Pin a deployment so that it is never garbage-collected.
+    Pin(PinArgs),
+    /// Remove deployments and prune unreferenced objects.
+    Cleanup(CleanupArgs),
+    /// Package database queries.
+    #[command(subcommand)]
+    Db(DbCmd),
+    /// Disk images.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Boot-time hooks run by hostctl's systemd units (not for interactive use).
+    #[command(subcommand, hide = true)]
+    Internal(InternalCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ComposeCmd {
+    /// Compose TREEFILE into a commit on its ref.
+    Tree(ComposeTreeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ComposeTreeArgs {
+    /// Repository to commit into; created (archive mode) when missing.
+    #[arg(long, default_value = "repo", value_name = "REPO")]
+    pub repo: PathBuf,
+    /// Write the new (or unchanged) commit checksum to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub write_commitid_to: Option<PathBuf>,
+    /// Exit with status 77 when nothing changed.
+    #[arg(long)]
+    pub unchanged_exit_77: bool,
+    /// Compose even when the inputs hash to the ref's current commit.
+    #[arg(long)]
+    pub force_nocache: bool,
+    /// Where downloaded packages are kept between composes.
+    #[arg(long, value_name = "DIR")]
+    pub cachedir: Option<PathBuf>,
+    /// Where the tree is assembled (default: $TMPDIR); removed afterwards.
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+    /// The treefile (TOML).
+    pub treefile: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Repository URL (file:///..., http(s)://...).
+    #[arg(long, value_name = "URL")]
+    pub repo: String,
+    /// Ref to deploy.
+    #[arg(long = "ref", value_name = "REF")]
+    pub refspec: String,
+    /// Name of the remote configured on the host.
+    #[arg(long, default_value = "origin", value_name = "NAME")]
+    pub remote: String,
+    /// Kernel argument for the deployment (repeatable).
+    #[arg(long = "karg", value_name = "ARG")]
+    pub kargs: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[arg(long)]
+    pub json: bool,
+    /// Only the booted deployment.
+    #[arg(long)]
+    pub booted: bool,
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// Only say whether an update is available.
+    #[arg(long)]
+    pub check: bool,
+    /// Say whether an update is available and what it changes.
+    #[arg(long)]
+    pub preview: bool,
+    /// Pull the update but do not deploy it.
+    #[arg(long)]
+    pub download_only: bool,
+    /// Accept a commit older than the current one.
+    #[arg(long)]
+    pub allow_downgrade: bool,
+    /// Exit with status 77 when there is no update.
+    #[arg(long)]
+    pub unchanged_exit_77: bool,
+    /// Reboot after the update is deployed.
+    #[arg(long)]
+    pub reboot: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Version or checksum (prefix) from the origin ref's history.
+    pub revision: String,
+    #[arg(long)]
+    pub allow_downgrade: bool,
+    #[arg(long)]
+    pub reboot: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RebaseArgs {
+    /// [REMOTE:]REF
+    pub target: String,
+    #[arg(long)]
+    pub reboot: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KargsArgs {
+    #[arg(long, value_name = "K[=V]")]
+    pub append: Vec<String>,
+    #[arg(long, value_name = "K[=V]")]
+    pub delete: Vec<String>,
+    #[arg(long, value_name = "K=V")]
+    pub replace: Vec<String>,
+    #[arg(long)]
+    pub reboot: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// Deployment index as shown by `hostctl status` (0 = default).
+    pub index: usize,
+    #[arg(long)]
+    pub unpin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// Remove a staged (pending) deployment.
+    #[arg(long)]
+    pub pending: bool,
+    /// Remove the rollback deployment.
+    #[arg(long)]
+    pub rollback: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCmd {
+    /// Packages added, removed, upgraded and downgraded between two commits.
+    Diff(DbDiffArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DbDiffArgs {
+    /// Compare commits of this (build) repository instead of host deployments.
+    #[arg(long, value_name = "REPO")]
+    pub repo: Option<PathBuf>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Build a bootable GPT disk image from a commit.
+    Build(ImageBuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImageBuildArgs {
+    #[arg(long, value_name = "REPO")]
+    pub repo: PathBuf,
+    #[arg(long = "ref", value_name = "REF")]
+    pub refspec: String,
+    #[arg(long, value_name = "FILE")]
+    pub output: PathBuf,
+    #[arg(long, default_value = "4G", value_name = "SIZE")]
+    pub size: String,
+    #[arg(long = "karg", value_name = "ARG")]
+    pub kargs: Vec<String>,
+    /// URL the host's remote points at (default: the repo the image is built from).
+    #[arg(long, value_name = "URL")]
+    pub remote_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InternalCmd {
+    /// Publish bootloader entries for the current deployments onto the ESP.
+    PublishEntries,
+}

@@ -1,0 +1,22 @@
+//! hostctl: atomic, image-based OS updates for Debian hosts.
+//!
+//! The modules follow the data flow: treefile → rootfs → postprocess → commit →
+//! repo (build side); sysroot → deploy → bootloader (host side).
+
+pub mod cli;
+pub mod commit;
+pub mod compose;
+pub mod postprocess;
+pub mod rootfs;
+pub mod treefile;
+pub mod util;
+
+/// What a command reports back to `main` beyond success or failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// Nothing changed; `exit_77` when the caller asked for status 77 in that case.
+    Unchanged {
+        exit_77: bool,
+    },
+}

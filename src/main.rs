@@ -1,0 +1,48 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use hostctl::cli::{Cli, Command, ComposeCmd};
+use hostctl::Outcome;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::Unchanged { exit_77 }) => {
+            if exit_77 {
+                ExitCode::from(77)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    match cli.command {
+        Command::Compose(ComposeCmd::Tree(args)) => hostctl::compose::run(&args),
+        other => anyhow::bail!("{} is not implemented yet", command_name(&other)),
+    }
+}
+
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::Compose(_) => "compose",
+        Command::Install(_) => "install",
+        Command::Status(_) => "status",
+        Command::Upgrade(_) => "upgrade",
+        Command::Rollback => "rollback",
+        Command::Deploy(_) => "deploy",
+        Command::Rebase(_) => "rebase",
+        Command::Kargs(_) => "kargs",
+        Command::Pin(_) => "pin",
+        Command::Cleanup(_) => "cleanup",
+        Command::Db(_) => "db",
+        Command::Image(_) => "image",
+        Command::Internal(_) => "internal",
+    }
+}
