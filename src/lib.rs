@@ -6,10 +6,13 @@
 pub mod cli;
 pub mod commit;
 pub mod compose;
+pub mod inputhash;
 pub mod postprocess;
+pub mod repo;
 pub mod rootfs;
 pub mod treefile;
 pub mod util;
+pub mod version;
 
 /// What a command reports back to `main` beyond success or failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
