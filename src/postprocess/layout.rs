@@ -404,9 +404,10 @@ fn ensure_dirs(tree: &Path) -> Result<()> {
         if !exists_nofollow(&p) {
             fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
         }
-        if matches!(d, "" | "tmp" | "run" | "sysroot") {
-            // Scratch content from composing has no place in a commit.
-            if matches!(d, "tmp" | "run") {
+        if matches!(d, "" | "dev" | "proc" | "sys" | "tmp" | "run" | "sysroot") {
+            // Mount points at boot; what composing left there (device nodes
+            // from a bootstrap, scratch files) has no place in a commit.
+            if d != "" {
                 empty_dir(&p)?;
             }
             fs::set_permissions(&p, fs::Permissions::from_mode(mode))
