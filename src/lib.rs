@@ -6,8 +6,15 @@
 pub mod cli;
 pub mod commit;
 pub mod compose;
+pub mod deploy;
+pub mod fetch;
+pub mod kargs;
+pub mod origin;
+pub mod plan;
 pub mod postprocess;
 pub mod rootfs;
+pub mod status;
+pub mod sysroot;
 pub mod treefile;
 pub mod util;
 
