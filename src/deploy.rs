@@ -35,13 +35,16 @@ fn origin_for(refspec: &Refspec) -> glib::KeyFile {
     kf
 }
 
-/// A copy of a deployment's origin, so changes never reach the original.
+/// A copy of a deployment's origin for a new deployment, without the state
+/// that belongs to the old one only (libostree keeps the pin there: a new
+/// deployment of a pinned one must not come out pinned).
 fn copy_origin(d: &ostree::Deployment) -> Result<glib::KeyFile> {
     let kf = glib::KeyFile::new();
     if let Some(o) = d.origin() {
         kf.load_from_data(&o.to_data(), glib::KeyFileFlags::KEEP_COMMENTS)
             .with_context(|| format!("copying the origin of deployment {}", d.csum()))?;
     }
+    ostree::Deployment::origin_remove_transient_state(&kf);
     Ok(kf)
 }
 
