@@ -282,7 +282,7 @@ pub fn bls_entries(sysroot: &Path) -> Vec<BTreeMap<String, String>> {
             (version, map)
         })
         .collect();
-    entries.sort_by(|a, b| b.0.cmp(&a.0));
+    entries.sort_by_key(|e| std::cmp::Reverse(e.0));
     entries.into_iter().map(|(_, m)| m).collect()
 }
 
