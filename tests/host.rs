@@ -69,8 +69,8 @@ fn upgrade_merges_etc_keeps_var_and_status_agrees_with_ostree() {
 
     // v2 changes another /etc default, a /usr file, adds one.
     let mut f2 = v_files("2.0");
-    f2.insert("usr/etc/app/keep.conf".into(), "keep=v2-default\n".into());
-    f2.insert("usr/etc/app/app.conf".into(), "setting=2\n".into());
+    f2.insert("etc/app/keep.conf".into(), "keep=v2-default\n".into());
+    f2.insert("etc/app/app.conf".into(), "setting=2\n".into());
     f2.insert("usr/share/new/file".into(), "new in 2\n".into());
     let c2 = fx.build.commit("stable", "2.0", T0 + 100, &f2);
 
@@ -408,7 +408,7 @@ fn refused_and_failed_operations_leave_the_sysroot_byte_for_byte_unchanged() {
     );
 
     // A head older than the deployed commit is refused.
-    fx.build.commit("stable", "0.9", T0 + 50, &v_files("0.9"));
+    fx.build.commit("stable", "0.0", T0 + 50, &v_files("0.0"));
     let out = hostctl(fx.sysroot(), &["upgrade"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("older"), "{}", stderr(&out));
@@ -536,4 +536,44 @@ fn a_busy_sysroot_makes_the_next_operation_wait() {
         stderr(&out)
     );
     assert_eq!(fx.admin_status()[0].checksum, c2);
+}
+
+#[test]
+fn preview_lists_package_changes_and_new_system_users_survive_a_local_passwd() {
+    let fx = Fixture::new();
+    fx.build.commit_raw(
+        "stable",
+        "1.0",
+        T0,
+        &deployable(&v_files("1.0")),
+        &["hostctl.packages=[('bash', '5.2-1', 'amd64'), ('gone', '1', 'all')]"],
+    );
+    fx.install("stable", &[]);
+    let d1 = fx.default_dir();
+    let mut passwd = fs::read_to_string(d1.join("etc/passwd")).unwrap();
+    passwd.push_str("alice:x:1000:1000:Alice:/home/alice:/bin/sh\n");
+    fs::write(d1.join("etc/passwd"), &passwd).unwrap();
+
+    let mut f2 = deployable(&v_files("2.0"));
+    f2.insert(
+        "usr/lib/sysusers.d/newpkg.conf".into(),
+        "u newsvc - \"New service\" /var/lib/newsvc\n".into(),
+    );
+    fx.build.commit_raw(
+        "stable",
+        "2.0",
+        T0 + 100,
+        &f2,
+        &["hostctl.packages=[('bash', '5.2-2', 'amd64'), ('newpkg', '1.0', 'amd64')]"],
+    );
+    let out = hostctl_ok(fx.sysroot(), &["upgrade", "--preview"]);
+    assert!(out.contains("+ newpkg:amd64 1.0"), "{out}");
+    assert!(out.contains("- gone:all 1"), "{out}");
+    assert!(out.contains("~ bash:amd64 5.2-1 -> 5.2-2"), "{out}");
+    assert!(out.contains("A /usr/lib/sysusers.d/newpkg.conf"), "{out}");
+
+    hostctl_ok(fx.sysroot(), &["upgrade"]);
+    let passwd = fs::read_to_string(fx.default_dir().join("etc/passwd")).unwrap();
+    assert!(passwd.contains("alice:x:1000"), "{passwd}");
+    assert!(passwd.lines().any(|l| l.starts_with("newsvc:")), "{passwd}");
 }

@@ -90,25 +90,27 @@ impl Drop for LoopMount {
     }
 }
 
-/// Files of a test tree, relative to its root, with their contents.
+/// Files of a test tree, relative to its root, with their contents. Paths
+/// are those of an ordinary root filesystem (`etc/...`); compose moves them
+/// into the layout libostree deploys.
 pub type Files = BTreeMap<String, String>;
 
-/// The smallest tree libostree deploys: /usr/etc, a kernel and initramfs
-/// (fake) under /usr/lib/modules, an empty /var, and the merged-/usr links.
+/// A small host tree: /etc defaults, a tool in /usr/bin, a (fake) kernel and
+/// initramfs under /usr/lib/modules, and the merged-/usr links.
 pub fn base_files(version: &str) -> Files {
     let mut f = Files::new();
     let mut put = |p: &str, c: &str| {
         f.insert(p.to_string(), c.to_string());
     };
-    put("usr/etc/passwd", "root:x:0:0:root:/root:/bin/sh\n");
-    put("usr/etc/group", "root:x:0:\n");
+    put("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n");
+    put("etc/group", "root:x:0:\n");
     put(
-        "usr/etc/os-release",
+        "etc/os-release",
         &format!("ID=debian\nNAME=\"Test host\"\nVERSION_ID={version}\n"),
     );
-    put("usr/etc/app/app.conf", "setting=1\n");
-    put("usr/etc/app/keep.conf", "keep=default\n");
-    put("usr/etc/motd", "welcome\n");
+    put("etc/app/app.conf", "setting=1\n");
+    put("etc/app/keep.conf", "keep=default\n");
+    put("etc/motd", "welcome\n");
     put("usr/bin/tool", &format!("#!/bin/sh\necho tool {version}\n"));
     put(
         "usr/lib/modules/6.1.0-test/vmlinuz",
@@ -142,7 +144,7 @@ fn write_tree(root: &Path, files: &Files) {
 /// A build-side archive repository that test commits go into.
 pub struct BuildRepo {
     pub path: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl BuildRepo {
@@ -152,32 +154,91 @@ impl BuildRepo {
             .tempdir()
             .unwrap();
         let path = dir.path().join("repo");
-        sh(Command::new("ostree")
-            .arg(format!("--repo={}", path.display()))
-            .args(["init", "--mode=archive"]));
-        BuildRepo { path, _dir: dir }
+        BuildRepo { path, dir }
     }
 
     pub fn url(&self) -> String {
         format!("file://{}", self.path.display())
     }
 
-    /// Commit `files` to `branch` with metadata `version` and the given
-    /// commit time (seconds), returning the checksum.
+    /// Compose `files` onto `branch` with `hostctl compose tree`, committed
+    /// at `timestamp` (SOURCE_DATE_EPOCH). The version comes from
+    /// `automatic-version-prefix`, so `version` must be the next `PREFIX.N`
+    /// of the branch; returns the checksum.
     pub fn commit(&self, branch: &str, version: &str, timestamp: u64, files: &Files) -> String {
+        let (prefix, _) = version.rsplit_once('.').expect("version PREFIX.N");
+        let work = tempfile::tempdir_in(self.dir.path()).unwrap();
+        let tree = work.path().join("tree");
+        write_tree(&tree, files);
+        let treefile = work.path().join("host.toml");
+        fs::write(
+            &treefile,
+            format!(
+                "ref = \"{branch}\"\nbase = \"tree\"\nautomatic-version-prefix = \"{prefix}\"\n"
+            ),
+        )
+        .unwrap();
+        let idfile = work.path().join("commitid");
+        sh(Command::new(hostctl_bin())
+            .args(["compose", "tree", "--repo"])
+            .arg(&self.path)
+            .arg("--write-commitid-to")
+            .arg(&idfile)
+            .arg(&treefile)
+            .env("SOURCE_DATE_EPOCH", timestamp.to_string()));
+        let checksum = fs::read_to_string(&idfile).unwrap().trim().to_string();
+        let got = sh(Command::new("ostree")
+            .arg(format!("--repo={}", self.path.display()))
+            .args(["show", "--print-metadata-key=version", &checksum]));
+        assert_eq!(
+            got.trim(),
+            format!("'{version}'"),
+            "compose chose another version"
+        );
+        checksum
+    }
+
+    /// Commit with the ostree CLI instead, for metadata compose from local
+    /// inputs cannot write (a package list, `a(sss)`). `files` must already
+    /// be in the deployable layout (`usr/etc`).
+    pub fn commit_raw(
+        &self,
+        branch: &str,
+        version: &str,
+        timestamp: u64,
+        files: &Files,
+        metadata: &[&str],
+    ) -> String {
+        if !self.path.exists() {
+            sh(Command::new("ostree")
+                .arg(format!("--repo={}", self.path.display()))
+                .args(["init", "--mode=archive"]));
+        }
         let tree = tempfile::tempdir().unwrap();
         write_tree(tree.path(), files);
-        sh(Command::new("ostree")
-            .arg(format!("--repo={}", self.path.display()))
+        let mut cmd = Command::new("ostree");
+        cmd.arg(format!("--repo={}", self.path.display()))
             .arg("commit")
             .arg(format!("--branch={branch}"))
             .arg(format!("--tree=dir={}", tree.path().display()))
             .arg(format!("--add-metadata-string=version={version}"))
-            .arg(format!("--timestamp=@{timestamp}"))
-            .arg(format!("--subject={version}")))
-        .trim()
-        .to_string()
+            .arg(format!("--timestamp=@{timestamp}"));
+        for m in metadata {
+            cmd.arg(format!("--add-metadata={m}"));
+        }
+        sh(&mut cmd).trim().to_string()
     }
+}
+
+/// `base_files` moved into the layout libostree deploys, for `commit_raw`.
+pub fn deployable(files: &Files) -> Files {
+    files
+        .iter()
+        .map(|(k, v)| match k.strip_prefix("etc/") {
+            Some(rest) => (format!("usr/etc/{rest}"), v.clone()),
+            None => (k.clone(), v.clone()),
+        })
+        .collect()
 }
 
 pub fn hostctl_bin() -> &'static str {
