@@ -173,8 +173,38 @@ fn describe(c: &CommitInfo) -> String {
 
 pub fn install(t: &Target, args: &InstallArgs) -> Result<Outcome> {
     let path = t.sysroot;
-    let osname = t.stateroot.unwrap_or(DEFAULT_STATEROOT);
     std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    let before = top_level_entries(path)?;
+    let result = install_inner(t, args);
+    if result.is_err() {
+        // Leave DIR as it was: remove only what this install created.
+        for name in top_level_entries(path).unwrap_or_default() {
+            if !before.contains(&name) {
+                let p = path.join(&name);
+                let _ = if p.is_dir() && !p.is_symlink() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+            }
+        }
+    }
+    result
+}
+
+fn top_level_entries(path: &Path) -> Result<Vec<std::ffi::OsString>> {
+    std::fs::read_dir(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .map(|e| {
+            e.map(|e| e.file_name())
+                .with_context(|| format!("reading {}", path.display()))
+        })
+        .collect()
+}
+
+fn install_inner(t: &Target, args: &InstallArgs) -> Result<Outcome> {
+    let path = t.sysroot;
+    let osname = t.stateroot.unwrap_or(DEFAULT_STATEROOT);
     if path
         .join("ostree/deploy")
         .join(osname)

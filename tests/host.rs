@@ -577,3 +577,112 @@ fn preview_lists_package_changes_and_new_system_users_survive_a_local_passwd() {
     assert!(passwd.contains("alice:x:1000"), "{passwd}");
     assert!(passwd.lines().any(|l| l.starts_with("newsvc:")), "{passwd}");
 }
+
+#[test]
+fn a_failed_install_leaves_the_directory_as_it_was() {
+    let fx = Fixture::new();
+    fx.build.commit("stable", "1.0", T0, &v_files("1.0"));
+    fs::write(fx.sysroot().join("keep-me"), "x").unwrap();
+    let before = fingerprint(fx.sysroot());
+    let url = fx.build.url();
+    let out = hostctl(
+        fx.sysroot(),
+        &["install", "--repo", &url, "--ref", "no/such/ref"],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no/such/ref"), "{}", stderr(&out));
+    assert_same(
+        &before,
+        &fingerprint(fx.sysroot()),
+        "an install of a missing ref",
+    );
+    let out = hostctl(
+        fx.sysroot(),
+        &[
+            "install",
+            "--repo",
+            "file:///nonexistent/repo",
+            "--ref",
+            "stable",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("/nonexistent/repo"),
+        "{}",
+        stderr(&out)
+    );
+    assert_same(
+        &before,
+        &fingerprint(fx.sysroot()),
+        "an install from an unreachable repo",
+    );
+    // And a good install afterwards works.
+    fx.install("stable", &[]);
+    assert_eq!(fx.admin_status().len(), 1);
+    assert!(fx.sysroot().join("keep-me").exists());
+}
+
+#[test]
+fn a_corrupt_object_or_a_full_disk_leaves_deployments_entries_and_origins_alone() {
+    let fx = Fixture::with_size(160);
+    fx.build.commit("stable", "1.0", T0, &v_files("1.0"));
+    fx.install("stable", &[]);
+    let before = boot_state(&fingerprint(fx.sysroot()));
+
+    // A content object of v2 is damaged on the server.
+    let mut f2 = v_files("2.0");
+    f2.insert("usr/share/corrupt-me".into(), "original content\n".into());
+    let c2 = fx.build.commit("stable", "2.0", T0 + 100, &f2);
+    let checksum = sh(Command::new("ostree")
+        .arg(format!("--repo={}", fx.build.path.display()))
+        .args(["ls", "-C", &c2, "/usr/share/corrupt-me"]));
+    let content = checksum.split_whitespace().nth(4).unwrap().to_string();
+    let objpath = fx
+        .build
+        .path
+        .join(format!("objects/{}/{}.filez", &content[..2], &content[2..]));
+    let mut bytes = fs::read(&objpath).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    fs::write(&objpath, bytes).unwrap();
+    let out = hostctl(fx.sysroot(), &["upgrade"]);
+    assert!(!out.status.success());
+    assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+    assert_same(
+        &before,
+        &boot_state(&fingerprint(fx.sysroot())),
+        "a pull of a corrupt object",
+    );
+
+    // A full disk: v3 carries more than the sysroot filesystem has left.
+    let mut f3 = v_files("3.0");
+    let big: String = (0..(48u32 << 20) / 16)
+        .map(|i| format!("{:015x}\n", i.wrapping_mul(2_654_435_761)))
+        .collect();
+    f3.insert("usr/share/big".into(), big);
+    fx.build.commit("stable", "3.0", T0 + 200, &f3);
+    let filler = fx.sysroot().join("filler");
+    let free_mb = {
+        let out = sh(Command::new("df")
+            .args(["--output=avail", "-m"])
+            .arg(fx.sysroot()));
+        out.lines().nth(1).unwrap().trim().parse::<u64>().unwrap()
+    };
+    sh(Command::new("fallocate")
+        .args(["-l", &format!("{}M", free_mb.saturating_sub(30))])
+        .arg(&filler));
+    let before_full = boot_state(&fingerprint(fx.sysroot()));
+    let out = hostctl(fx.sysroot(), &["upgrade"]);
+    assert!(!out.status.success(), "the upgrade fit after all");
+    assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+    assert_same(
+        &before_full,
+        &boot_state(&fingerprint(fx.sysroot())),
+        "an upgrade on a full disk",
+    );
+    fs::remove_file(&filler).unwrap();
+    hostctl_ok(fx.sysroot(), &["upgrade"]);
+    assert_eq!(fx.admin_status()[0].version.as_deref(), Some("3.0"));
+    fsck(fx.sysroot());
+}

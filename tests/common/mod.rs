@@ -402,6 +402,17 @@ pub fn fingerprint(root: &Path) -> BTreeMap<String, String> {
     out
 }
 
+/// The part of a fingerprint that decides what boots and how: deployments
+/// (with their origin files and /etc), /var, /boot. The repository is left
+/// out: an interrupted pull may leave objects staged under `ostree/repo/tmp`
+/// for a later resume; nothing refers to them.
+pub fn boot_state(fp: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    fp.iter()
+        .filter(|(k, _)| !k.starts_with("ostree/repo"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// Assert two fingerprints are equal, listing what differs.
 pub fn assert_same(
     before: &BTreeMap<String, String>,
@@ -434,9 +445,13 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new() -> Self {
+        Self::with_size(512)
+    }
+
+    pub fn with_size(mb: u64) -> Self {
         Fixture {
             build: BuildRepo::new(),
-            disk: LoopMount::new(512),
+            disk: LoopMount::new(mb),
         }
     }
 
