@@ -6,10 +6,17 @@
 pub mod cli;
 pub mod commit;
 pub mod compose;
+pub mod deploy;
+pub mod fetch;
 pub mod inputhash;
+pub mod kargs;
+pub mod origin;
+pub mod plan;
 pub mod postprocess;
 pub mod repo;
 pub mod rootfs;
+pub mod status;
+pub mod sysroot;
 pub mod treefile;
 pub mod util;
 pub mod version;

@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hostctl::cli::{Cli, Command, ComposeCmd};
+use hostctl::deploy::{self, Target};
 use hostctl::Outcome;
 
 fn main() -> ExitCode {
@@ -23,9 +24,22 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<Outcome> {
-    match cli.command {
-        Command::Compose(ComposeCmd::Tree(args)) => hostctl::compose::run(&args),
-        other => anyhow::bail!("{} is not implemented yet", command_name(&other)),
+    let t = Target {
+        sysroot: &cli.sysroot,
+        stateroot: cli.stateroot.as_deref(),
+    };
+    match &cli.command {
+        Command::Compose(ComposeCmd::Tree(args)) => hostctl::compose::run(args),
+        Command::Install(args) => deploy::install(&t, args),
+        Command::Status(args) => deploy::status(&t, args),
+        Command::Upgrade(args) => deploy::upgrade(&t, args),
+        Command::Rollback => deploy::rollback(&t),
+        Command::Deploy(args) => deploy::deploy(&t, args),
+        Command::Rebase(args) => deploy::rebase(&t, args),
+        Command::Kargs(args) => deploy::kargs(&t, args),
+        Command::Pin(args) => deploy::pin(&t, args),
+        Command::Cleanup(args) => deploy::cleanup(&t, args),
+        other => anyhow::bail!("{} is not implemented yet", command_name(other)),
     }
 }
 
