@@ -398,6 +398,8 @@ fn ensure_dirs(tree: &Path) -> Result<()> {
         ("tmp", 0o1777),
         ("sysroot", 0o755),
         ("boot", 0o755),
+        // systemd-gpt-auto-generator mounts the ESP on an empty /efi.
+        ("efi", 0o755),
         ("usr", 0o755),
     ] {
         let p = tree.join(d);
