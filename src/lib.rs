@@ -3,6 +3,7 @@
 //! The modules follow the data flow: treefile → rootfs → postprocess → commit →
 //! repo (build side); sysroot → deploy → bootloader (host side).
 
+pub mod bootloader;
 pub mod cli;
 pub mod commit;
 pub mod compose;

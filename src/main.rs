@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use hostctl::cli::{Cli, Command, ComposeCmd};
+use hostctl::cli::{Cli, Command, ComposeCmd, InternalCmd};
 use hostctl::Outcome;
 
 fn main() -> ExitCode {
@@ -25,6 +25,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Compose(ComposeCmd::Tree(args)) => hostctl::compose::run(&args),
+        Command::Internal(InternalCmd::PublishEntries(args)) => {
+            hostctl::bootloader::cli::publish_entries(&cli.sysroot, &args)
+        }
         other => anyhow::bail!("{} is not implemented yet", command_name(&other)),
     }
 }
