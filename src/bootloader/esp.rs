@@ -46,6 +46,10 @@ pub trait EspFs {
     fn write_file(&self, path: &str, data: &[u8]) -> Result<()>;
     /// Atomically creates or replaces `path` with a copy of the local `src`.
     fn copy_in(&self, src: &Path, path: &str) -> Result<()>;
+    /// Renames a file within the ESP, replacing `to` if it exists. Publishing
+    /// never renames entries (their names carry systemd-boot's counters);
+    /// this is for tools and tests that act like systemd-boot.
+    fn rename(&self, from: &str, to: &str) -> Result<()>;
     fn remove_file(&self, path: &str) -> Result<()>;
     /// Removes an empty directory.
     fn remove_dir(&self, dir: &str) -> Result<()>;
@@ -187,6 +191,14 @@ impl EspFs for DirEsp {
         })
     }
 
+    fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let (f, t) = (self.abs(from)?, self.abs(to)?);
+        fs::rename(&f, &t)
+            .with_context(|| format!("renaming {} to {}", f.display(), t.display()))?;
+        self.fsync_parent(&t)?;
+        self.fsync_parent(&f)
+    }
+
     fn remove_file(&self, path: &str) -> Result<()> {
         let p = self.abs(path)?;
         fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
@@ -294,6 +306,12 @@ impl EspFs for CrashingEsp<'_> {
         }
         self.inner.copy_in(src, path)
     }
+    fn rename(&self, from: &str, to: &str) -> Result<()> {
+        if !self.take()? {
+            bail!("simulated power loss before renaming {from}");
+        }
+        self.inner.rename(from, to)
+    }
     fn remove_file(&self, path: &str) -> Result<()> {
         if !self.take()? {
             bail!("simulated power loss before removing {path}");
@@ -338,7 +356,9 @@ mod tests {
             .map(|e| e.name)
             .collect();
         assert_eq!(names, ["a.conf"], "no temporary file is left behind");
-        esp.remove_file("loader/a.conf").unwrap();
+        esp.rename("loader/a.conf", "loader/b.conf").unwrap();
+        assert_eq!(esp.read_file("loader/a.conf").unwrap(), None);
+        esp.remove_file("loader/b.conf").unwrap();
         esp.remove_dir("loader").unwrap();
         assert_eq!(esp.list_dir("").unwrap().unwrap(), vec![]);
         esp.sync().unwrap();

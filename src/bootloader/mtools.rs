@@ -156,6 +156,11 @@ impl EspFs for MtoolsEsp {
         self.put(src, path)
     }
 
+    fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.run("mren", &["-D", "o", &Self::target(from), &Self::target(to)])?;
+        Ok(())
+    }
+
     fn remove_file(&self, path: &str) -> Result<()> {
         self.run("mdel", &[&Self::target(path)])?;
         Ok(())
@@ -255,7 +260,10 @@ mod tests {
             esp.read_file("hostctl/vmlinuz-6.1.0").unwrap().unwrap(),
             data
         );
-        esp.remove_file("hostctl/vmlinuz-6.1.0").unwrap();
+        esp.rename("hostctl/vmlinuz-6.1.0", "hostctl/vmlinuz-renamed")
+            .unwrap();
+        assert_eq!(esp.file_size("hostctl/vmlinuz-6.1.0").unwrap(), None);
+        esp.remove_file("hostctl/vmlinuz-renamed").unwrap();
         esp.remove_dir("hostctl").unwrap();
         assert_eq!(esp.list_dir("hostctl").unwrap(), None);
         assert!(esp.remove_file("nope").is_err());
