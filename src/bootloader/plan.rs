@@ -687,6 +687,28 @@ mod tests {
     }
 
     #[test]
+    fn duplicate_files_for_one_entry_keep_the_blessed_one() {
+        let d = desired(&[ostree(CSUM_A, 0, "k1", "rw")]);
+        let mut s = applied(&plan(&d, &EspSnapshot::default()), &EspSnapshot::default());
+        let contents = s.entries[0].contents.clone();
+        let counting = format!("{}+2-1.conf", d[0].base);
+        let blessed = format!("{}.conf", d[0].base);
+        s.entries = vec![
+            ExistingEntry::new(&counting, &contents).unwrap(),
+            ExistingEntry::new(&blessed, &contents).unwrap(),
+        ];
+        let p = plan(&d, &s);
+        assert_eq!(
+            p.ops,
+            [Op::RemoveFile(format!(
+                "{ENTRIES_DIR}/{}+2-1.conf",
+                d[0].base
+            ))]
+        );
+        assert_eq!(p.default_entry, Some(format!("{}.conf", d[0].base)));
+    }
+
+    #[test]
     fn foreign_entries_are_left_alone() {
         assert!(ExistingEntry::new("debian-6.1.conf", "version 3").is_none());
         assert!(ExistingEntry::new("hostctl-x+1-2.conf", "version 3").is_some());
