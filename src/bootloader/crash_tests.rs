@@ -484,3 +484,19 @@ fn upgrade_replacing_an_unbooted_default() {
         counters: vec![(1, "")],
     });
 }
+
+#[test]
+fn empty_deployment_list_changes_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let boot = work.path().join("boot");
+    write_kernels(&boot, &["k1"]);
+    let (entries, _) = ostree_state(&[dep('a', 0, "k1", "rw")], 0);
+    let esp_dir = work.path().join("esp");
+    std::fs::create_dir(&esp_dir).unwrap();
+    let esp = DirEsp::new(&esp_dir);
+    publish_entries(&entries, &boot, &esp).unwrap();
+    let before = read_snapshot(&esp).unwrap();
+    let err = publish_entries(&[], &boot, &esp).unwrap_err();
+    assert!(format!("{err:#}").contains("no deployments"), "{err:#}");
+    assert_eq!(read_snapshot(&esp).unwrap(), before);
+}

@@ -26,7 +26,7 @@ mod crash_tests;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use bls::OstreeEntry;
 use esp::{EspFs, ENTRIES_DIR, KERNELS_DIR, LOADER_CONF, LOADER_DIR};
@@ -62,6 +62,15 @@ pub fn publish_entries(
     boot_dir: &Path,
     esp: &dyn EspFs,
 ) -> Result<PublishReport> {
+    if entries.is_empty() {
+        // Publishing nothing would remove every entry and leave the machine
+        // unbootable; an empty list means the sysroot was misread.
+        bail!(
+            "no deployments to publish from {}; leaving {} as it is",
+            boot_dir.display(),
+            esp.describe()
+        );
+    }
     let desired = desired_entries(entries, boot_dir)?;
     let snap = read_snapshot(esp)?;
     let p = plan::plan(&desired, &snap);

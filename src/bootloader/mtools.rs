@@ -47,7 +47,6 @@ impl MtoolsEsp {
             .args(args)
             // The image has no partition table of its own for mtools to check.
             .env("MTOOLS_SKIP_CHECK", "1")
-            .env("MTOOLS_NO_VFAT", "0")
             .output()
             .with_context(|| format!("running {tool} (is mtools installed?)"))?;
         Ok(Out {
