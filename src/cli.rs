@@ -224,5 +224,30 @@ pub struct ImageBuildArgs {
 #[derive(Debug, Subcommand)]
 pub enum InternalCmd {
     /// Publish bootloader entries for the current deployments onto the ESP.
-    PublishEntries,
+    PublishEntries(PublishEntriesArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PublishEntriesArgs {
+    /// Mounted EFI system partition (where Debian mounts it by default, and
+    /// one of the places systemd-bless-boot looks).
+    #[arg(
+        long,
+        default_value = "/efi",
+        value_name = "DIR",
+        conflicts_with = "esp_image"
+    )]
+    pub esp: PathBuf,
+    /// Instead of a mounted ESP: a disk image holding the FAT filesystem,
+    /// written with mtools (no mount needed).
+    #[arg(long, value_name = "FILE")]
+    pub esp_image: Option<PathBuf>,
+    /// Byte offset of the FAT filesystem inside --esp-image.
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_name = "BYTES",
+        requires = "esp_image"
+    )]
+    pub esp_offset: u64,
 }

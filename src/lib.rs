@@ -3,11 +3,13 @@
 //! The modules follow the data flow: treefile → rootfs → postprocess → commit →
 //! repo (build side); sysroot → deploy → bootloader (host side).
 
+pub mod bootloader;
 pub mod cli;
 pub mod commit;
 pub mod compose;
 pub mod deploy;
 pub mod fetch;
+pub mod image;
 pub mod inputhash;
 pub mod kargs;
 pub mod origin;

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use hostctl::cli::{Cli, Command, ComposeCmd};
+use hostctl::cli::{Cli, Command, ComposeCmd, ImageCmd, InternalCmd};
 use hostctl::deploy::{self, Target};
 use hostctl::Outcome;
 
@@ -39,6 +39,12 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Kargs(args) => deploy::kargs(&t, args),
         Command::Pin(args) => deploy::pin(&t, args),
         Command::Cleanup(args) => deploy::cleanup(&t, args),
+        Command::Image(ImageCmd::Build(args)) => {
+            hostctl::image::build(cli.stateroot.as_deref(), args)
+        }
+        Command::Internal(InternalCmd::PublishEntries(args)) => {
+            hostctl::bootloader::cli::publish_entries(&cli.sysroot, args)
+        }
         other => anyhow::bail!("{} is not implemented yet", command_name(other)),
     }
 }

@@ -409,7 +409,7 @@ fn ensure_dirs(tree: &Path) -> Result<()> {
         if matches!(d, "" | "dev" | "proc" | "sys" | "tmp" | "run" | "sysroot") {
             // Mount points at boot; what composing left there (device nodes
             // from a bootstrap, scratch files) has no place in a commit.
-            if d != "" {
+            if !d.is_empty() {
                 empty_dir(&p)?;
             }
             fs::set_permissions(&p, fs::Permissions::from_mode(mode))

@@ -1,0 +1,164 @@
+//! Driving a QEMU guest (UEFI firmware from Debian's `ovmf`, software
+//! emulation) through its serial console: the guest autologins root on
+//! ttyS0, and commands are typed at the shell with a marker echoed after each
+//! so that its output and exit status can be cut out of the console stream.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+const PROMPT_END: &str = ":~# ";
+
+pub struct Vm {
+    child: Child,
+    sock: UnixStream,
+    /// Console bytes not yet consumed.
+    buf: String,
+    pub serial_log: PathBuf,
+    n: u32,
+}
+
+impl Vm {
+    /// Boot `disk` (plus read-only `extra` disks, /dev/vdb, ...) with its own
+    /// copy of the firmware variables in `dir`.
+    pub fn start(dir: &Path, disk: &Path, extra: &[&Path], serial_log: &Path) -> Vm {
+        let vars = dir.join("OVMF_VARS.fd");
+        if !vars.exists() {
+            std::fs::copy(OVMF_VARS, &vars).expect("copying OVMF variables");
+        }
+        let sock_path = dir.join("console.sock");
+        let _ = std::fs::remove_file(&sock_path);
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-machine", "q35", "-m", "2048", "-smp", "2"])
+            .args(["-display", "none", "-monitor", "none", "-net", "none"])
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,file={}", vars.display()))
+            .arg("-drive")
+            .arg(format!("file={},format=raw,if=virtio", disk.display()));
+        for e in extra {
+            cmd.arg("-drive")
+                .arg(format!("file={},format=raw,if=virtio,readonly=on", e.display()));
+        }
+        cmd.arg("-chardev")
+            .arg(format!(
+                "socket,id=s0,path={},server=on,wait=on,logfile={},logappend=on",
+                sock_path.display(),
+                serial_log.display()
+            ))
+            .args(["-serial", "chardev:s0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = cmd.spawn().expect("starting qemu-system-x86_64");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let sock = loop {
+            match UnixStream::connect(&sock_path) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                Err(e) => panic!("connecting to the guest console: {e}"),
+            }
+        };
+        sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        Vm { child, sock, buf: String::new(), serial_log: serial_log.to_path_buf(), n: 0 }
+    }
+
+    /// Consume console output up to and including `pattern`.
+    pub fn wait_for(&mut self, pattern: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut chunk = [0u8; 65536];
+        loop {
+            if let Some(i) = self.buf.find(pattern) {
+                let rest = self.buf.split_off(i + pattern.len());
+                return std::mem::replace(&mut self.buf, rest);
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {pattern:?} on the console (log: {})",
+                    self.serial_log.display()
+                );
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("qemu exited ({status}) while waiting for {pattern:?} (log: {})", self.serial_log.display());
+            }
+            match self.sock.read(&mut chunk) {
+                Ok(0) => std::thread::sleep(Duration::from_millis(100)),
+                Ok(n) => self.buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
+                Err(ref e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => panic!("reading the guest console: {e}"),
+            }
+        }
+    }
+
+    /// Wait until the autologin shell prompt appears (a boot finished).
+    pub fn wait_for_shell(&mut self, timeout: Duration) {
+        self.wait_for("(automatic login)", timeout);
+        self.wait_for(PROMPT_END, Duration::from_secs(60));
+        // Quieter, stable output from here on.
+        self.run("export TERM=dumb SYSTEMD_COLORS=0 SYSTEMD_PAGER=; stty -echo; dmesg -n 1");
+    }
+
+    /// Run a shell command; returns (exit status, output).
+    pub fn sh(&mut self, cmd: &str) -> (i32, String) {
+        self.n += 1;
+        let n = self.n;
+        // The marker is split in the typed text so the echo of the command
+        // line can never be mistaken for it.
+        let line = format!("{cmd} 2>&1; echo \"__HOSTCTL\"\"_END_{n}__ $?\"\n");
+        self.sock.write_all(line.as_bytes()).expect("typing into the guest console");
+        let out = self.wait_for(&format!("__HOSTCTL_END_{n}__ "), Duration::from_secs(600));
+        let status = self.wait_for("\n", Duration::from_secs(10));
+        let code: i32 = status.trim().parse().unwrap_or(-1);
+        self.wait_for(PROMPT_END, Duration::from_secs(30));
+        let out = out.trim_end_matches(&format!("__HOSTCTL_END_{n}__ ")).to_string();
+        // Drop the echoed command line if the terminal still echoes.
+        let out = match out.find(&format!("_END_{n}__ $?\"")) {
+            Some(i) => out[i..].splitn(2, '\n').nth(1).unwrap_or("").to_string(),
+            None => out,
+        };
+        (code, out.replace('\r', ""))
+    }
+
+    /// Run a command that must succeed; returns its output.
+    pub fn run(&mut self, cmd: &str) -> String {
+        let (code, out) = self.sh(cmd);
+        assert_eq!(code, 0, "guest command `{cmd}` failed ({code}):\n{out}\n(log: {})", self.serial_log.display());
+        out
+    }
+
+    /// Reboot and wait for the next shell.
+    pub fn reboot(&mut self, timeout: Duration) {
+        self.sock.write_all(b"systemctl reboot\n").unwrap();
+        // The prompt of the old boot is gone; wait for the new boot's login.
+        self.buf.clear();
+        self.wait_for_shell(timeout);
+    }
+
+    /// Power off and wait for QEMU to exit.
+    pub fn poweroff(mut self, timeout: Duration) {
+        let _ = self.sock.write_all(b"systemctl poweroff\n");
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            let mut chunk = [0u8; 65536];
+            let _ = self.sock.read(&mut chunk);
+        }
+        panic!("the guest did not power off within {timeout:?} (log: {})", self.serial_log.display());
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
