@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use ostree::gio;
 use ostree::glib;
 
+use crate::bootloader;
 use crate::cli::{
     CleanupArgs, DeployArgs, InstallArgs, KargsArgs, PinArgs, RebaseArgs, StatusArgs, UpgradeArgs,
 };
@@ -117,9 +118,7 @@ fn deploy_commit(
         let keep = plan::retain_after_deploy(&host.slots(), osname, merge_idx);
         let mut list = vec![new.clone()];
         list.extend(keep.into_iter().map(|i| deps[i].clone()));
-        host.sysroot
-            .write_deployments(&list, gio::Cancellable::NONE)
-            .with_context(|| format!("writing the deployment list of {}", host.path.display()))
+        write_and_publish(host, &list)
     })();
     if result.is_err() {
         // The new deployment directory is not in any boot entry; removing
@@ -129,6 +128,30 @@ fn deploy_commit(
     result?;
     println!("Deployed {checksum}; it is the default for the next boot.");
     Ok(())
+}
+
+/// Write a new deployment list and, on a host that boots from hostctl's ESP
+/// entries, publish them before anything is cleaned up: libostree's
+/// post-clean removes the bootlinks (`ostree=/ostree/boot.N/...`) that the
+/// ESP's current entries still name, so cleaning first would leave the ESP
+/// pointing at nothing until the publish finished (docs/boot.md).
+fn write_and_publish(host: &Host, list: &[ostree::Deployment]) -> Result<()> {
+    host.sysroot
+        .write_deployments_with_options(
+            list,
+            &ostree::SysrootWriteDeploymentsOpts {
+                do_postclean: false,
+            },
+            gio::Cancellable::NONE,
+        )
+        .with_context(|| format!("writing the deployment list of {}", host.path.display()))?;
+    if let Some(esp) = bootloader::host_esp(&host.path) {
+        bootloader::publish(&host.path, &bootloader::DirEsp::new(&esp))
+            .with_context(|| format!("publishing boot entries onto {}", esp.display()))?;
+    }
+    host.sysroot
+        .cleanup(gio::Cancellable::NONE)
+        .with_context(|| format!("cleaning up {}", host.path.display()))
 }
 
 /// Packages add system users through sysusers.d; on an unbooted sysroot
@@ -455,9 +478,7 @@ pub fn rollback(t: &Target) -> Result<Outcome> {
     let order = plan::rollback_order(&host.slots())
         .with_context(|| format!("rolling back {}", host.path.display()))?;
     let list: Vec<ostree::Deployment> = order.iter().map(|&i| deps[i].clone()).collect();
-    host.sysroot
-        .write_deployments(&list, gio::Cancellable::NONE)
-        .with_context(|| format!("writing the deployment list of {}", host.path.display()))?;
+    write_and_publish(&host, &list)?;
     let new_default = &list[0];
     println!(
         "Rolled back: {} is the default for the next boot.",
@@ -538,18 +559,18 @@ pub fn cleanup(t: &Target, args: &CleanupArgs) -> Result<Outcome> {
             .filter(|i| !remove.contains(i))
             .map(|i| deps[i].clone())
             .collect();
-        host.sysroot
-            .write_deployments(&keep, gio::Cancellable::NONE)
-            .with_context(|| format!("writing the deployment list of {}", host.path.display()))?;
+        write_and_publish(&host, &keep)?;
         for i in &remove {
             println!("Removed deployment {i} ({}).", deps[*i].csum());
         }
-    } else if args.pending || args.rollback {
-        println!("No matching deployment to remove (pinned ones are kept).");
+    } else {
+        if args.pending || args.rollback {
+            println!("No matching deployment to remove (pinned ones are kept).");
+        }
+        host.sysroot
+            .cleanup(gio::Cancellable::NONE)
+            .with_context(|| format!("cleaning up {}", host.path.display()))?;
     }
-    host.sysroot
-        .cleanup(gio::Cancellable::NONE)
-        .with_context(|| format!("cleaning up {}", host.path.display()))?;
     println!("Pruned objects no deployment or ref uses.");
     Ok(Outcome::Done)
 }

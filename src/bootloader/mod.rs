@@ -24,7 +24,7 @@ pub mod sdboot;
 mod crash_tests;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
@@ -34,6 +34,20 @@ use plan::{DesiredEntry, EspSnapshot, ExistingEntry, Op, Plan};
 
 pub use esp::{DirEsp, EspFs as Esp};
 pub use mtools::MtoolsEsp;
+
+/// Where a host mounts its ESP (an fstab line written by `hostctl image build`).
+pub const HOST_ESP: &str = "/efi";
+
+/// The ESP of the host whose sysroot is `sysroot`, when that host boots from
+/// entries hostctl published: only the running system (`/`) has its ESP
+/// mounted, and only a mounted ESP with a `loader/` directory has entries.
+pub fn host_esp(sysroot: &Path) -> Option<PathBuf> {
+    if sysroot != Path::new("/") {
+        return None;
+    }
+    let esp = PathBuf::from(HOST_ESP);
+    esp.join("loader").is_dir().then_some(esp)
+}
 
 /// What a publish did.
 #[derive(Debug, Clone, PartialEq, Eq)]
