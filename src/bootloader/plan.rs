@@ -198,7 +198,13 @@ pub fn desired_entry(
         title: e.title.clone(),
         linux,
         initrds,
-        options: e.options.clone(),
+        // hostctl.deploy names the deployment itself, so that the initramfs
+        // can recreate the ostree= bootlink if a cleanup removed it before
+        // this entry was republished (dracut/modules.d/90hostctl).
+        options: format!(
+            "{} hostctl.deploy={}/{}.{}",
+            e.options, e.osname, e.checksum, e.deployserial
+        ),
         files,
         deployment: (e.checksum.clone(), e.deployserial),
     })

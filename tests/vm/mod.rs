@@ -42,8 +42,10 @@ impl Vm {
             .arg("-drive")
             .arg(format!("file={},format=raw,if=virtio", disk.display()));
         for e in extra {
-            cmd.arg("-drive")
-                .arg(format!("file={},format=raw,if=virtio,readonly=on", e.display()));
+            cmd.arg("-drive").arg(format!(
+                "file={},format=raw,if=virtio,readonly=on",
+                e.display()
+            ));
         }
         cmd.arg("-chardev")
             .arg(format!(
@@ -60,12 +62,21 @@ impl Vm {
         let sock = loop {
             match UnixStream::connect(&sock_path) {
                 Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
                 Err(e) => panic!("connecting to the guest console: {e}"),
             }
         };
-        sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-        Vm { child, sock, buf: String::new(), serial_log: serial_log.to_path_buf(), n: 0 }
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        Vm {
+            child,
+            sock,
+            buf: String::new(),
+            serial_log: serial_log.to_path_buf(),
+            n: 0,
+        }
     }
 
     /// Consume console output up to and including `pattern`.
@@ -84,12 +95,19 @@ impl Vm {
                 );
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("qemu exited ({status}) while waiting for {pattern:?} (log: {})", self.serial_log.display());
+                panic!(
+                    "qemu exited ({status}) while waiting for {pattern:?} (log: {})",
+                    self.serial_log.display()
+                );
             }
             match self.sock.read(&mut chunk) {
                 Ok(0) => std::thread::sleep(Duration::from_millis(100)),
                 Ok(n) => self.buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
-                Err(ref e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(ref e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) => panic!("reading the guest console: {e}"),
             }
         }
@@ -110,12 +128,16 @@ impl Vm {
         // The marker is split in the typed text so the echo of the command
         // line can never be mistaken for it.
         let line = format!("{cmd} 2>&1; echo \"__HOSTCTL\"\"_END_{n}__ $?\"\n");
-        self.sock.write_all(line.as_bytes()).expect("typing into the guest console");
+        self.sock
+            .write_all(line.as_bytes())
+            .expect("typing into the guest console");
         let out = self.wait_for(&format!("__HOSTCTL_END_{n}__ "), Duration::from_secs(600));
         let status = self.wait_for("\n", Duration::from_secs(10));
         let code: i32 = status.trim().parse().unwrap_or(-1);
         self.wait_for(PROMPT_END, Duration::from_secs(30));
-        let out = out.trim_end_matches(&format!("__HOSTCTL_END_{n}__ ")).to_string();
+        let out = out
+            .trim_end_matches(&format!("__HOSTCTL_END_{n}__ "))
+            .to_string();
         // Drop the echoed command line if the terminal still echoes.
         let out = match out.find(&format!("_END_{n}__ $?\"")) {
             Some(i) => out[i..].splitn(2, '\n').nth(1).unwrap_or("").to_string(),
@@ -127,7 +149,12 @@ impl Vm {
     /// Run a command that must succeed; returns its output.
     pub fn run(&mut self, cmd: &str) -> String {
         let (code, out) = self.sh(cmd);
-        assert_eq!(code, 0, "guest command `{cmd}` failed ({code}):\n{out}\n(log: {})", self.serial_log.display());
+        assert_eq!(
+            code,
+            0,
+            "guest command `{cmd}` failed ({code}):\n{out}\n(log: {})",
+            self.serial_log.display()
+        );
         out
     }
 
@@ -150,7 +177,10 @@ impl Vm {
             let mut chunk = [0u8; 65536];
             let _ = self.sock.read(&mut chunk);
         }
-        panic!("the guest did not power off within {timeout:?} (log: {})", self.serial_log.display());
+        panic!(
+            "the guest did not power off within {timeout:?} (log: {})",
+            self.serial_log.display()
+        );
     }
 }
 
