@@ -140,7 +140,7 @@ impl Vm {
             .to_string();
         // Drop the echoed command line if the terminal still echoes.
         let out = match out.find(&format!("_END_{n}__ $?\"")) {
-            Some(i) => out[i..].splitn(2, '\n').nth(1).unwrap_or("").to_string(),
+            Some(i) => out[i..].split_once('\n').map_or("", |x| x.1).to_string(),
             None => out,
         };
         (code, out.replace('\r', ""))
