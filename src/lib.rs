@@ -3,11 +3,17 @@
 //! The modules follow the data flow: treefile → rootfs → postprocess → commit →
 //! repo (build side); sysroot → deploy → bootloader (host side).
 
+pub mod apt;
 pub mod cli;
 pub mod commit;
 pub mod compose;
+pub mod debver;
+pub mod initramfs;
+pub mod packages;
+pub mod pkgdiff;
 pub mod postprocess;
 pub mod rootfs;
+pub mod sysusers;
 pub mod treefile;
 pub mod util;
 

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use hostctl::cli::{Cli, Command, ComposeCmd};
+use hostctl::cli::{Cli, Command, ComposeCmd, DbCmd};
 use hostctl::Outcome;
 
 fn main() -> ExitCode {
@@ -25,6 +25,17 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Compose(ComposeCmd::Tree(args)) => hostctl::compose::run(&args),
+        Command::Db(DbCmd::Diff(args)) => match &args.repo {
+            Some(repo) => {
+                let text =
+                    hostctl::pkgdiff::repo_diff(repo, args.from.as_deref(), args.to.as_deref())?;
+                print!("{text}");
+                Ok(Outcome::Done)
+            }
+            None => anyhow::bail!(
+                "db diff between host deployments is not implemented yet; use --repo REPO"
+            ),
+        },
         other => anyhow::bail!("{} is not implemented yet", command_name(&other)),
     }
 }
