@@ -1,1 +1,96 @@
-//! TODO
+//! Writing a prepared tree into a repository as a commit on a ref.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use ostree::gio;
+use ostree::glib;
+use ostree::prelude::*;
+
+/// What goes into the commit besides the tree.
+pub struct NewCommit<'a> {
+    pub refname: &'a str,
+    pub parent: Option<&'a str>,
+    pub subject: &'a str,
+    /// Filled by the caller (version, treefile metadata, input hash...).
+    pub metadata: glib::VariantDict,
+}
+
+/// Write `tree` into `repo` and move the ref to the new commit, all in one
+/// transaction: on any error the transaction is aborted, so the ref stays
+/// where it was and no partial objects stay behind.
+pub fn commit_tree(repo: &ostree::Repo, tree: &Path, c: NewCommit) -> Result<String> {
+    repo.prepare_transaction(gio::Cancellable::NONE)
+        .context("starting a repository transaction")?;
+    let res = write(repo, tree, &c);
+    match res {
+        Ok(checksum) => {
+            repo.commit_transaction(gio::Cancellable::NONE)
+                .with_context(|| format!("committing the transaction for {}", c.refname))?;
+            Ok(checksum)
+        }
+        Err(e) => {
+            let _ = repo.abort_transaction(gio::Cancellable::NONE);
+            Err(e)
+        }
+    }
+}
+
+fn write(repo: &ostree::Repo, tree: &Path, c: &NewCommit) -> Result<String> {
+    let mtree = ostree::MutableTree::new();
+    // No flags: owners, modes (setuid included) and xattrs come from disk as is.
+    let modifier = ostree::RepoCommitModifier::new(ostree::RepoCommitModifierFlags::NONE, None);
+    repo.write_directory_to_mtree(
+        &gio::File::for_path(tree),
+        &mtree,
+        Some(&modifier),
+        gio::Cancellable::NONE,
+    )
+    .with_context(|| format!("writing {} into the repository", tree.display()))?;
+    let root = repo
+        .write_mtree(&mtree, gio::Cancellable::NONE)
+        .context("writing the root tree")?;
+    let root = root
+        .downcast::<ostree::RepoFile>()
+        .map_err(|_| anyhow::anyhow!("write_mtree did not return a RepoFile"))?;
+    // Adds ostree.bootable / ostree.linux; libostree treats a missing
+    // modules directory as an error, but a tree without a kernel is valid.
+    if tree.join("usr/lib/modules").is_dir() {
+        ostree::commit_metadata_for_bootable(&root, &c.metadata, gio::Cancellable::NONE)
+            .context("inspecting the tree's kernel")?;
+    }
+    let metadata = c.metadata.end();
+    let checksum = match source_date_epoch()? {
+        Some(t) => repo.write_commit_with_time(
+            c.parent,
+            Some(c.subject),
+            None,
+            Some(&metadata),
+            &root,
+            t,
+            gio::Cancellable::NONE,
+        ),
+        None => repo.write_commit(
+            c.parent,
+            Some(c.subject),
+            None,
+            Some(&metadata),
+            &root,
+            gio::Cancellable::NONE,
+        ),
+    }
+    .with_context(|| format!("writing the commit for {}", c.refname))?;
+    repo.transaction_set_ref(None, c.refname, Some(&checksum));
+    Ok(checksum.to_string())
+}
+
+/// Reproducible builds set SOURCE_DATE_EPOCH; honour it for the commit time.
+fn source_date_epoch() -> Result<Option<u64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .parse()
+            .map(Some)
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v} is not a number of seconds")),
+        Err(_) => Ok(None),
+    }
+}

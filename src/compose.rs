@@ -1,5 +1,177 @@
+//! `hostctl compose tree`: treefile → rootfs → postprocess → commit.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use ostree::glib;
+
 use crate::cli::ComposeTreeArgs;
-use crate::Outcome;
-pub fn run(_a: &ComposeTreeArgs) -> anyhow::Result<Outcome> {
-    anyhow::bail!("todo")
+use crate::treefile::{self, Treefile};
+use crate::{commit, inputhash, packages, pkgdiff, postprocess, repo, rootfs, version, Outcome};
+
+pub fn run(args: &ComposeTreeArgs) -> Result<Outcome> {
+    let tf = treefile::load(&args.treefile)?;
+    check_inputs(&tf)?;
+
+    let cachedir = args
+        .cachedir
+        .clone()
+        .unwrap_or_else(packages::default_cachedir);
+    let mut hasher = inputhash::local_inputs(&tf)?;
+    // The package set as the mirror offers it now: a new version of any
+    // package in the tree is a new input.
+    let resolved = packages::resolve(&tf, &cachedir)?;
+    if !resolved.is_empty() {
+        hasher.field(b"packages");
+        hasher.field(resolved.as_bytes());
+    }
+    let hash = hasher.finish();
+    if let Some(unchanged) = unchanged_head(&args.repo, &tf.refname, &hash)? {
+        if !args.force_nocache {
+            eprintln!(
+                "No changes in the inputs of {}: it stays at {unchanged}",
+                tf.refname
+            );
+            write_commitid(args.write_commitid_to.as_deref(), &unchanged)?;
+            return Ok(Outcome::Unchanged {
+                exit_77: args.unchanged_exit_77,
+            });
+        }
+    }
+
+    let workdir = args.workdir.clone().unwrap_or_else(std::env::temp_dir);
+    let work = tempfile::Builder::new()
+        .prefix("hostctl-compose-")
+        .tempdir_in(&workdir)
+        .with_context(|| format!("creating a work directory in {}", workdir.display()))?;
+    let tree = work.path().join("tree");
+    fs::create_dir(&tree).with_context(|| format!("creating {}", tree.display()))?;
+    fs::set_permissions(&tree, fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("setting mode of {}", tree.display()))?;
+
+    let installed = build_tree(&tf, &tree, &cachedir)?;
+
+    let repo = repo::open_or_create_archive(&args.repo)?;
+    let parent = repo::ref_head(&repo, &tf.refname)?;
+    let metadata = glib::VariantDict::new(None);
+    let mut version_str = None;
+    if let Some(prefix) = &tf.automatic_version_prefix {
+        let history = match &parent {
+            Some(p) => repo::history(&repo, p)?,
+            None => Vec::new(),
+        };
+        let v = version::next_version(prefix, history.iter().filter_map(|h| h.version.as_deref()));
+        metadata.insert("version", &v);
+        version_str = Some(v);
+    }
+    for (k, v) in &tf.metadata {
+        metadata.insert(k, v);
+    }
+    metadata.insert(inputhash::METADATA_KEY, &hash);
+    if !installed.is_empty() {
+        metadata.insert_value(pkgdiff::METADATA_KEY, &pkgdiff::to_variant(&installed));
+    }
+
+    let subject = match &version_str {
+        Some(v) => format!("{} {v}", tf.refname),
+        None => tf.refname.clone(),
+    };
+    eprintln!(
+        "Committing the tree to {} in {}",
+        tf.refname,
+        args.repo.display()
+    );
+    let checksum = commit::commit_tree(
+        &repo,
+        &tree,
+        commit::NewCommit {
+            refname: &tf.refname,
+            parent: parent.as_deref(),
+            subject: &subject,
+            metadata,
+        },
+    )?;
+    // The summary lets clients list refs over HTTP; the commit is already
+    // safely in place, so failing here must not hide that.
+    if let Err(e) = repo.regenerate_summary(None, ostree::gio::Cancellable::NONE) {
+        eprintln!(
+            "warning: regenerating the summary of {}: {e}",
+            args.repo.display()
+        );
+    }
+    write_commitid(args.write_commitid_to.as_deref(), &checksum)?;
+    match &version_str {
+        Some(v) => println!("{} => {checksum} (version {v})", tf.refname),
+        None => println!("{} => {checksum}", tf.refname),
+    }
+    Ok(Outcome::Done)
+}
+
+/// Every step between the inputs and a tree libostree can deploy, in order.
+/// Returns the installed Debian packages (empty for a tree without dpkg).
+pub fn build_tree(tf: &Treefile, tree: &Path, cachedir: &Path) -> Result<Vec<packages::Package>> {
+    if tf.base.is_some() {
+        eprintln!("Populating the tree from the base");
+    }
+    rootfs::populate_base(tf, tree)?;
+    packages::install(tf, tree, cachedir)?;
+    if !tf.overlays.is_empty() {
+        eprintln!("Applying {} overlay(s)", tf.overlays.len());
+    }
+    rootfs::apply_overlays(tf, tree)?;
+    rootfs::remove_files(tf, tree)?;
+    postprocess::run_scripts(tf, tree)?;
+    postprocess::enable_units(tf, tree)?;
+    let installed = packages::finalize(tf, tree)?;
+    eprintln!("Converting the tree to the OSTree layout");
+    postprocess::ostree_layout(tree)?;
+    Ok(installed)
+}
+
+/// Fail before any work when a named input is missing.
+fn check_inputs(tf: &Treefile) -> Result<()> {
+    let top = tf.sources[0].display();
+    if let Some(b) = &tf.base {
+        if fs::symlink_metadata(b).is_err() {
+            bail!("{top}: key `base`: {} does not exist", b.display());
+        }
+    }
+    for o in &tf.overlays {
+        match fs::metadata(o) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => bail!("{top}: key `overlays`: {} is not a directory", o.display()),
+            Err(_) => bail!("{top}: key `overlays`: {} does not exist", o.display()),
+        }
+    }
+    Ok(())
+}
+
+/// The ref's head when its recorded input hash equals `hash`.
+fn unchanged_head(repo_path: &Path, refname: &str, hash: &str) -> Result<Option<String>> {
+    let Some(repo) = repo::open_if_exists(repo_path)? else {
+        return Ok(None);
+    };
+    let Some(head) = repo::ref_head(&repo, refname)? else {
+        return Ok(None);
+    };
+    let old = repo::metadata_string(&repo, &head, inputhash::METADATA_KEY)?;
+    Ok((old.as_deref() == Some(hash)).then_some(head))
+}
+
+/// Write the checksum atomically: a reader sees the old file or the new one.
+fn write_commitid(path: Option<&Path>, checksum: &str) -> Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+        .with_context(|| format!("writing {}", path.display()))?;
+    std::io::Write::write_all(&mut tmp, checksum.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }

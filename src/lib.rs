@@ -9,13 +9,16 @@ pub mod commit;
 pub mod compose;
 pub mod debver;
 pub mod initramfs;
+pub mod inputhash;
 pub mod packages;
 pub mod pkgdiff;
 pub mod postprocess;
+pub mod repo;
 pub mod rootfs;
 pub mod sysusers;
 pub mod treefile;
 pub mod util;
+pub mod version;
 
 /// What a command reports back to `main` beyond success or failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

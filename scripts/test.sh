@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Run the whole test suite: formatting, lints, unit and integration tests.
+# Integration tests need root: they chown files, chroot, and loop-mount images.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" -ne 0 ]; then
+  echo "test.sh: the integration tests need root" >&2
+  exit 1
+fi
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo test --all-targets -- --test-threads="${TEST_THREADS:-2}"

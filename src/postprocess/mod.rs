@@ -1,0 +1,10 @@
+//! Turning an assembled tree into one libostree can deploy: the treefile's own
+//! scripts and units first, then the OSTree layout (`layout`), whose `/var`
+//! handling is described by `tmpfiles`.
+
+pub mod layout;
+pub mod scripts;
+pub mod tmpfiles;
+
+pub use layout::ostree_layout;
+pub use scripts::{enable_units, run_scripts};

@@ -1,0 +1,126 @@
+//! The treefile's `postprocess` scripts and `units`.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+use crate::treefile::Treefile;
+use crate::util::run;
+
+/// Mount setup for a script, run by `sh` inside a private mount namespace
+/// (`unshare --mount`) so that the mounts vanish with the process even if
+/// hostctl is killed: nothing can leak onto the build machine.
+const CHROOT_WRAPPER: &str = r#"set -e
+root=$1
+mount --rbind /dev "$root/dev"
+mount -t proc proc "$root/proc"
+mount -t tmpfs tmpfs "$root/run"
+mount -t tmpfs tmpfs "$root/tmp"
+exec chroot "$root" /bin/sh -e -c "$2"
+"#;
+
+/// Run every script in order with the tree as its root.
+pub fn run_scripts(tf: &Treefile, tree: &Path) -> Result<()> {
+    if tf.postprocess.is_empty() {
+        return Ok(());
+    }
+    if !has_shell(tree) {
+        bail!(
+            "postprocess: the tree has no /bin/sh to run the scripts with; add a shell to the base or drop `postprocess`"
+        );
+    }
+    for dir in ["dev", "proc", "run", "tmp"] {
+        let p = tree.join(dir);
+        if !p.exists() {
+            fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
+        }
+    }
+    for (i, script) in tf.postprocess.iter().enumerate() {
+        let first = script.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+        eprintln!("Running postprocess[{i}]: {}", first.trim());
+        let log = tempfile::tempfile().context("creating a log file for postprocess")?;
+        let status = Command::new("unshare")
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                CHROOT_WRAPPER,
+                "sh",
+            ])
+            .arg(tree)
+            .arg(script)
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .env("LANG", "C.UTF-8")
+            .env("HOME", "/root")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("log file")?)
+            .stderr(log.try_clone().context("log file")?)
+            .status()
+            .context("starting unshare for a postprocess script")?;
+        if !status.success() {
+            let output = read_log(log);
+            bail!(
+                "postprocess[{i}] ({}) failed with {status}; its output:\n{}",
+                first.trim(),
+                output.trim_end()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn read_log(mut f: fs::File) -> String {
+    use std::io::{Read, Seek};
+    let mut s = String::new();
+    let _ = f.rewind().and_then(|_| f.read_to_string(&mut s));
+    s
+}
+
+/// `/bin/sh` resolved inside the tree (the usual `bin -> usr/bin` link is
+/// relative; an absolute one is resolved against the tree, not the host).
+fn has_shell(tree: &Path) -> bool {
+    ["usr/bin/sh", "bin/sh"].iter().any(|p| {
+        let p = tree.join(p);
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => fs::read_link(&p).is_ok_and(|t| {
+                t.is_relative() || tree.join(t.strip_prefix("/").unwrap_or(&t)).exists()
+            }),
+            Ok(_) => true,
+            Err(_) => false,
+        }
+    })
+}
+
+/// Enable `units` and set `default-target` with `systemctl --root`, which
+/// knows every [Install] section rule (aliases, WantedBy, templates).
+pub fn enable_units(tf: &Treefile, tree: &Path) -> Result<()> {
+    if !tf.units.is_empty() {
+        run(
+            Command::new("systemctl")
+                .arg(format!("--root={}", tree.display()))
+                .arg("enable")
+                .args(&tf.units),
+            &format!("units: enabling {}", tf.units.join(" ")),
+        )?;
+    }
+    if let Some(target) = &tf.default_target {
+        run(
+            Command::new("systemctl")
+                .arg(format!("--root={}", tree.display()))
+                .arg("set-default")
+                .arg(target),
+            &format!("default-target: setting {target}"),
+        )?;
+    }
+    Ok(())
+}
