@@ -7,6 +7,7 @@
 //! module that runs `ostree-prepare-root`, and with the configuration this
 //! project keeps in `dracut/`.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -68,9 +69,7 @@ pub fn build(tree: &Path, dracut_conf_dir: &Path) -> Result<()> {
             many.join(", ")
         ),
     };
-    if tree.join("usr/bin/dracut").exists() {
-        // fine
-    } else {
+    if !tree.join("usr/bin/dracut").exists() {
         bail!("the tree has kernel {kver} but no dracut: add `dracut` to packages (initramfs-tools images cannot boot OSTree)");
     }
     if tree.join("usr/sbin/update-initramfs").exists() {
@@ -117,6 +116,11 @@ pub fn build(tree: &Path, dracut_conf_dir: &Path) -> Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
+    // dracut writes 0600; nothing in a generic image is secret, and tools
+    // run as a user (lsinitrd, image builders) need to read it.
+    let img = tree.join(out_rel.trim_start_matches('/'));
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o644))
+        .with_context(|| format!("setting mode of {}", img.display()))?;
     remove_debian_boot_leftovers(tree)?;
     Ok(())
 }

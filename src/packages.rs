@@ -305,11 +305,14 @@ fn install_packages(tf: &Treefile, tree: &Path, cachedir: &Path) -> Result<()> {
     );
     let logf =
         std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+    let guard = HostFilesGuard::new(tree)?;
     let status = cmd
         .stdout(logf.try_clone().context("duplicating log handle")?)
         .stderr(logf)
         .status()
-        .context("starting mmdebstrap (is the mmdebstrap package installed?)")?;
+        .context("starting mmdebstrap (is the mmdebstrap package installed?)");
+    guard.restore()?;
+    let status = status?;
     if !status.success() {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         bail!(
@@ -317,6 +320,88 @@ fn install_packages(tf: &Treefile, tree: &Path, cachedir: &Path) -> Result<()> {
             explain_mmdebstrap_failure(&text),
             log.display()
         );
+    }
+    // mmdebstrap leaves device nodes in /dev; a commit cannot hold them and a
+    // booted host mounts devtmpfs there anyway.
+    empty_dir(&tree.join("dev"))?;
+    Ok(())
+}
+
+/// mmdebstrap copies the build machine's `/etc/resolv.conf` and
+/// `/etc/hostname` into the tree (for network access during the install);
+/// they must not end up in the image. The tree's own versions (from a base)
+/// are set aside meanwhile and put back afterwards; a symlink a package made
+/// (systemd-resolved's resolv.conf) stays.
+struct HostFilesGuard {
+    etc: PathBuf,
+    saved: Vec<(PathBuf, PathBuf)>,
+    had_resolved_backup: bool,
+}
+
+const HOST_FILES: [&str; 2] = ["resolv.conf", "hostname"];
+const RESOLVED_BACKUP: &str = ".resolv.conf.systemd-resolved.bak";
+
+impl HostFilesGuard {
+    fn new(tree: &Path) -> Result<Self> {
+        let etc = tree.join("etc");
+        let mut saved = Vec::new();
+        for f in HOST_FILES {
+            let p = etc.join(f);
+            if std::fs::symlink_metadata(&p).is_ok() {
+                let aside = etc.join(format!(".{f}.hostctl-saved"));
+                std::fs::rename(&p, &aside)
+                    .with_context(|| format!("moving {} aside", p.display()))?;
+                saved.push((p, aside));
+            }
+        }
+        Ok(Self {
+            had_resolved_backup: std::fs::symlink_metadata(etc.join(RESOLVED_BACKUP)).is_ok(),
+            etc,
+            saved,
+        })
+    }
+
+    fn restore(self) -> Result<()> {
+        for f in HOST_FILES {
+            let p = self.etc.join(f);
+            let saved = self.saved.iter().find(|(orig, _)| orig == &p);
+            let is_symlink = std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_symlink());
+            if saved.is_some() || !is_symlink {
+                match std::fs::remove_file(&p) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(e).with_context(|| format!("removing {}", p.display()))
+                    }
+                    _ => {}
+                }
+            }
+            if let Some((orig, aside)) = saved {
+                std::fs::rename(aside, orig)
+                    .with_context(|| format!("restoring {}", orig.display()))?;
+            }
+        }
+        let backup = self.etc.join(RESOLVED_BACKUP);
+        if !self.had_resolved_backup && std::fs::symlink_metadata(&backup).is_ok() {
+            std::fs::remove_file(&backup)
+                .with_context(|| format!("removing {}", backup.display()))?;
+        }
+        Ok(())
+    }
+}
+
+fn empty_dir(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    for e in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let p = e
+            .with_context(|| format!("listing {}", dir.display()))?
+            .path();
+        let r = if p.is_dir() && !p.is_symlink() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.with_context(|| format!("removing {}", p.display()))?;
     }
     Ok(())
 }
