@@ -211,6 +211,19 @@ pub fn install(tf: &Treefile, tree: &Path, cachedir: &Path) -> Result<()> {
     Ok(())
 }
 
+fn local_package_names(tf: &Treefile) -> Result<Vec<String>> {
+    tf.local_packages
+        .iter()
+        .map(|p| {
+            let out = crate::util::run(
+                Command::new("dpkg-deb").arg("--field").arg(p).arg("Package"),
+                &format!("reading the package name of {}", p.display()),
+            )?;
+            Ok(out.trim().to_string())
+        })
+        .collect()
+}
+
 fn is_empty_dir(p: &Path) -> Result<bool> {
     Ok(std::fs::read_dir(p)
         .with_context(|| format!("listing {}", p.display()))?
@@ -235,14 +248,25 @@ fn install_packages(tf: &Treefile, tree: &Path, cachedir: &Path) -> Result<()> {
     // every .deb in the cache instead of downloading it.
     let pkgs = apt.simulate(&selectors(tf, &apt.arch)?)?;
     if !on_base {
-        apt.download(&pkgs)?;
+        // Local .debs are not on the mirror; mmdebstrap gets them by path.
+        let local = local_package_names(tf)?;
+        let remote: Vec<Package> = pkgs
+            .iter()
+            .filter(|p| !local.contains(&p.name))
+            .cloned()
+            .collect();
+        apt.download(&remote)?;
     }
     let cache = shell_quote(&apt.archives.display().to_string());
     let log_dir = cachedir.join("log");
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
     let log = log_dir.join("mmdebstrap.log");
-    let mut cmd = Command::new("mmdebstrap");
-    cmd.env("LC_ALL", "C.UTF-8")
+    // In a private mount namespace: mmdebstrap's /proc, /sys and /dev
+    // mounts in the tree vanish with it even when it is killed, so removing
+    // the work directory can never reach into the host's /dev.
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--fork", "mmdebstrap"])
+        .env("LC_ALL", "C.UTF-8")
         // The kernel's postinst hooks would build a throwaway initramfs in
         // /boot; `finalize` builds the real one once the tree is complete.
         .env("INITRD", "No")
