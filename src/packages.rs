@@ -260,7 +260,13 @@ fn install_packages(tf: &Treefile, tree: &Path, cachedir: &Path) -> Result<()> {
     let cache = shell_quote(&apt.archives.display().to_string());
     let log_dir = cachedir.join("log");
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
-    let log = log_dir.join("mmdebstrap.log");
+    // One log per run, kept only when it failed: concurrent composes
+    // sharing a cache must not interleave their logs.
+    let log = log_dir.join(format!(
+        "mmdebstrap-{}-{}.log",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S"),
+        std::process::id()
+    ));
     // In a private mount namespace: mmdebstrap's /proc, /sys and /dev
     // mounts in the tree vanish with it even when it is killed, so removing
     // the work directory can never reach into the host's /dev.
@@ -302,10 +308,17 @@ fn install_packages(tf: &Treefile, tree: &Path, cachedir: &Path) -> Result<()> {
             ));
     } else {
         cmd.arg(format!("--variant={}", variant_of(tf)));
-        let mut include: Vec<String> = tf.packages.clone();
-        include.extend(tf.local_packages.iter().map(|p| p.display().to_string()));
-        if !include.is_empty() {
-            cmd.arg(format!("--include={}", include.join(",")));
+        if !tf.packages.is_empty() {
+            cmd.arg(format!("--include={}", tf.packages.join(",")));
+        }
+        if !tf.local_packages.is_empty() {
+            // apt passes a .deb's path verbatim to dpkg inside the chroot;
+            // mmdebstrap's hook makes them visible there (and cleans up).
+            cmd.arg("--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount");
+            for p in &tf.local_packages {
+                // An absolute path: mmdebstrap keeps it as one argument.
+                cmd.arg(format!("--include={}", p.display()));
+            }
         }
     }
     // New downloads go back to the cache (via a temporary name, so a
@@ -337,7 +350,9 @@ fn install_packages(tf: &Treefile, tree: &Path, cachedir: &Path) -> Result<()> {
         .context("starting mmdebstrap (is the mmdebstrap package installed?)");
     guard.restore()?;
     let status = status?;
-    if !status.success() {
+    if status.success() {
+        let _ = std::fs::remove_file(&log);
+    } else {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         bail!(
             "mmdebstrap failed ({status}): {}\n(full log: {})",

@@ -216,6 +216,23 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
     let db_pkgs = dpkg_query(&root);
     assert!(db_pkgs.len() > 100, "only {} packages", db_pkgs.len());
     assert_eq!(meta_pkgs, db_pkgs);
+    // What resolve said (and what the input hash covers) is exactly what got
+    // installed.
+    let resolved = packages::resolve(&treefile::load(&minimal).unwrap(), &cachedir()).unwrap();
+    let mut resolved_pkgs: Vec<Package> = resolved
+        .lines()
+        .filter_map(|l| {
+            let (nv, arch) = l.split_once(' ')?;
+            let (name, version) = nv.split_once('=')?;
+            Some(Package {
+                name: name.into(),
+                version: version.into(),
+                arch: arch.into(),
+            })
+        })
+        .collect();
+    resolved_pkgs.sort();
+    assert_eq!(resolved_pkgs, db_pkgs);
     let names: BTreeSet<&str> = db_pkgs.iter().map(|p| p.name.as_str()).collect();
     for want in [
         "systemd",
