@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use hostctl::cli::{Cli, Command, ComposeCmd, DbCmd};
+use hostctl::deploy::{self, Target};
 use hostctl::Outcome;
 
 fn main() -> ExitCode {
@@ -23,8 +24,21 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<Outcome> {
-    match cli.command {
-        Command::Compose(ComposeCmd::Tree(args)) => hostctl::compose::run(&args),
+    let t = Target {
+        sysroot: &cli.sysroot,
+        stateroot: cli.stateroot.as_deref(),
+    };
+    match &cli.command {
+        Command::Compose(ComposeCmd::Tree(args)) => hostctl::compose::run(args),
+        Command::Install(args) => deploy::install(&t, args),
+        Command::Status(args) => deploy::status(&t, args),
+        Command::Upgrade(args) => deploy::upgrade(&t, args),
+        Command::Rollback => deploy::rollback(&t),
+        Command::Deploy(args) => deploy::deploy(&t, args),
+        Command::Rebase(args) => deploy::rebase(&t, args),
+        Command::Kargs(args) => deploy::kargs(&t, args),
+        Command::Pin(args) => deploy::pin(&t, args),
+        Command::Cleanup(args) => deploy::cleanup(&t, args),
         Command::Db(DbCmd::Diff(args)) => match &args.repo {
             Some(repo) => {
                 let text =
@@ -32,11 +46,13 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 print!("{text}");
                 Ok(Outcome::Done)
             }
+            // Host mode: the lists come from the booted and the pending
+            // deployment's commits; pkgdiff::diff and render stay the same.
             None => anyhow::bail!(
                 "db diff between host deployments is not implemented yet; use --repo REPO"
             ),
         },
-        other => anyhow::bail!("{} is not implemented yet", command_name(&other)),
+        other => anyhow::bail!("{} is not implemented yet", command_name(other)),
     }
 }
 

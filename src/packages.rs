@@ -216,7 +216,10 @@ fn local_package_names(tf: &Treefile) -> Result<Vec<String>> {
         .iter()
         .map(|p| {
             let out = crate::util::run(
-                Command::new("dpkg-deb").arg("--field").arg(p).arg("Package"),
+                Command::new("dpkg-deb")
+                    .arg("--field")
+                    .arg(p)
+                    .arg("Package"),
                 &format!("reading the package name of {}", p.display()),
             )?;
             Ok(out.trim().to_string())

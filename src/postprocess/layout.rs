@@ -398,15 +398,18 @@ fn ensure_dirs(tree: &Path) -> Result<()> {
         ("tmp", 0o1777),
         ("sysroot", 0o755),
         ("boot", 0o755),
+        // systemd-gpt-auto-generator mounts the ESP on an empty /efi.
+        ("efi", 0o755),
         ("usr", 0o755),
     ] {
         let p = tree.join(d);
         if !exists_nofollow(&p) {
             fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
         }
-        if matches!(d, "" | "tmp" | "run" | "sysroot") {
-            // Scratch content from composing has no place in a commit.
-            if matches!(d, "tmp" | "run") {
+        if matches!(d, "" | "dev" | "proc" | "sys" | "tmp" | "run" | "sysroot") {
+            // Mount points at boot; what composing left there (device nodes
+            // from a bootstrap, scratch files) has no place in a commit.
+            if d != "" {
                 empty_dir(&p)?;
             }
             fs::set_permissions(&p, fs::Permissions::from_mode(mode))

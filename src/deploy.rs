@@ -1,0 +1,555 @@
+//! The operator's verbs on a sysroot. Each one takes the sysroot lock, works
+//! out what to do with the pure rules in `plan`, and changes the sysroot in
+//! one libostree step at the end, so a failure before that step leaves
+//! deployments, boot entries and origins as they were.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use ostree::gio;
+use ostree::glib;
+
+use crate::cli::{
+    CleanupArgs, DeployArgs, InstallArgs, KargsArgs, PinArgs, RebaseArgs, StatusArgs, UpgradeArgs,
+};
+use crate::fetch;
+use crate::kargs::{self, Edit};
+use crate::origin::Refspec;
+use crate::plan::{self, CommitInfo, Decision};
+use crate::status;
+use crate::sysroot::{self, commit_info, origin_refspec, Host};
+use crate::Outcome;
+
+/// Which sysroot and stateroot a verb acts on (the global options).
+pub struct Target<'a> {
+    pub sysroot: &'a Path,
+    pub stateroot: Option<&'a str>,
+}
+
+const DEFAULT_STATEROOT: &str = "debian";
+
+fn origin_for(refspec: &Refspec) -> glib::KeyFile {
+    let kf = glib::KeyFile::new();
+    kf.set_string("origin", "refspec", &refspec.to_string());
+    kf
+}
+
+/// A copy of a deployment's origin for a new deployment, without the state
+/// that belongs to the old one only (libostree keeps the pin there: a new
+/// deployment of a pinned one must not come out pinned).
+fn copy_origin(d: &ostree::Deployment) -> Result<glib::KeyFile> {
+    let kf = glib::KeyFile::new();
+    if let Some(o) = d.origin() {
+        kf.load_from_data(&o.to_data(), glib::KeyFileFlags::KEEP_COMMENTS)
+            .with_context(|| format!("copying the origin of deployment {}", d.csum()))?;
+    }
+    ostree::Deployment::origin_remove_transient_state(&kf);
+    Ok(kf)
+}
+
+/// The first deployment of this stateroot: what boots next.
+fn default_deployment(host: &Host) -> Result<ostree::Deployment> {
+    host.deployments()
+        .into_iter()
+        .find(|d| d.osname() == host.osname.as_str())
+        .with_context(|| {
+            format!(
+                "no deployment of stateroot {} in {}; create one with `hostctl install`",
+                host.osname,
+                host.path.display()
+            )
+        })
+}
+
+fn deployment_refspec(d: &ostree::Deployment) -> Result<Refspec> {
+    let r = origin_refspec(d)
+        .with_context(|| format!("deployment {} has no origin refspec", d.csum()))?;
+    Refspec::parse(&r).with_context(|| format!("origin of deployment {}", d.csum()))
+}
+
+/// Make `checksum` the next boot. Booted: staged, finalized at shutdown
+/// (so later `/etc` edits are merged). Unbooted: deployed and written now,
+/// keeping what `plan::retain_after_deploy` says.
+fn deploy_commit(
+    host: &Host,
+    checksum: &str,
+    origin: &glib::KeyFile,
+    merge: Option<&ostree::Deployment>,
+    override_kargs: Option<&[String]>,
+) -> Result<()> {
+    let kargs_ref: Option<Vec<&str>> =
+        override_kargs.map(|k| k.iter().map(String::as_str).collect());
+    let opts = ostree::SysrootDeployTreeOpts {
+        override_kernel_argv: kargs_ref.as_deref(),
+        ..Default::default()
+    };
+    let osname = host.osname.as_str();
+    if host.booted {
+        host.sysroot
+            .stage_tree_with_options(
+                Some(osname),
+                checksum,
+                Some(origin),
+                merge,
+                &opts,
+                gio::Cancellable::NONE,
+            )
+            .with_context(|| format!("staging commit {checksum} in stateroot {osname}"))?;
+        println!("Staged {checksum}; it is finalized at shutdown and boots next.");
+        return Ok(());
+    }
+    let new = host
+        .sysroot
+        .deploy_tree_with_options(
+            Some(osname),
+            checksum,
+            Some(origin),
+            merge,
+            Some(&opts),
+            gio::Cancellable::NONE,
+        )
+        .with_context(|| format!("deploying commit {checksum} in stateroot {osname}"))?;
+    let result = (|| {
+        create_system_users(&host.deployment_dir(&new))?;
+        let deps = host.deployments();
+        let merge_idx = merge.and_then(|m| deps.iter().position(|d| d.equal(m)));
+        let keep = plan::retain_after_deploy(&host.slots(), osname, merge_idx);
+        let mut list = vec![new.clone()];
+        list.extend(keep.into_iter().map(|i| deps[i].clone()));
+        host.sysroot
+            .write_deployments(&list, gio::Cancellable::NONE)
+            .with_context(|| format!("writing the deployment list of {}", host.path.display()))
+    })();
+    if result.is_err() {
+        // The new deployment directory is not in any boot entry; removing
+        // it now restores the sysroot instead of waiting for a cleanup.
+        let _ = host.sysroot.cleanup(gio::Cancellable::NONE);
+    }
+    result?;
+    println!("Deployed {checksum}; it is the default for the next boot.");
+    Ok(())
+}
+
+/// Packages add system users through sysusers.d; on an unbooted sysroot
+/// nobody runs systemd-sysusers at boot before the merged `/etc` is used,
+/// so create them now, next to whatever the admin put in `/etc/passwd`.
+fn create_system_users(deploy_dir: &Path) -> Result<()> {
+    if !deploy_dir.join("usr/lib/sysusers.d").is_dir() {
+        return Ok(());
+    }
+    crate::util::run(
+        Command::new("systemd-sysusers").arg(format!("--root={}", deploy_dir.display())),
+        &format!("creating system users in {}", deploy_dir.display()),
+    )?;
+    Ok(())
+}
+
+fn maybe_reboot(host: &Host, reboot: bool) -> Result<()> {
+    if !reboot {
+        return Ok(());
+    }
+    if !host.booted {
+        println!(
+            "Not rebooting: {} is not the running system.",
+            host.path.display()
+        );
+        return Ok(());
+    }
+    crate::util::run(
+        Command::new("systemctl").arg("reboot"),
+        "requesting a reboot",
+    )?;
+    Ok(())
+}
+
+fn describe(c: &CommitInfo) -> String {
+    format!(
+        "{} ({})",
+        c.version.as_deref().unwrap_or("<no version>"),
+        c.checksum
+    )
+}
+
+pub fn install(t: &Target, args: &InstallArgs) -> Result<Outcome> {
+    let path = t.sysroot;
+    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    let before = top_level_entries(path)?;
+    let result = install_inner(t, args);
+    if result.is_err() {
+        // Leave DIR as it was: remove only what this install created.
+        for name in top_level_entries(path).unwrap_or_default() {
+            if !before.contains(&name) {
+                let p = path.join(&name);
+                let _ = if p.is_dir() && !p.is_symlink() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+            }
+        }
+    }
+    result
+}
+
+fn top_level_entries(path: &Path) -> Result<Vec<std::ffi::OsString>> {
+    std::fs::read_dir(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .map(|e| {
+            e.map(|e| e.file_name())
+                .with_context(|| format!("reading {}", path.display()))
+        })
+        .collect()
+}
+
+fn install_inner(t: &Target, args: &InstallArgs) -> Result<Outcome> {
+    let path = t.sysroot;
+    let osname = t.stateroot.unwrap_or(DEFAULT_STATEROOT);
+    if path
+        .join("ostree/deploy")
+        .join(osname)
+        .join("deploy")
+        .is_dir()
+        && std::fs::read_dir(path.join("ostree/deploy").join(osname).join("deploy"))
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+    {
+        bail!(
+            "{} already has deployments in stateroot {osname}; use `hostctl upgrade` or `rebase`",
+            path.display()
+        );
+    }
+    let refspec = Refspec {
+        remote: Some(args.remote.clone()),
+        branch: Refspec::parse(&args.refspec)?.branch,
+    };
+    let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(path)));
+    sysroot
+        .ensure_initialized(gio::Cancellable::NONE)
+        .with_context(|| format!("initializing sysroot {}", path.display()))?;
+    sysroot
+        .load(gio::Cancellable::NONE)
+        .with_context(|| format!("loading sysroot {}", path.display()))?;
+    let repo = sysroot.repo();
+    let config = repo.copy_config();
+    // libostree writes BLS entries under /boot/loader and swaps the symlink
+    // atomically; publishing them for the firmware is hostctl's job.
+    config.set_string("sysroot", "bootloader", "none");
+    // The remote lives in the repository config rather than /etc/ostree:
+    // an unbooted sysroot's /etc is not the deployed system's /etc.
+    let group = format!("remote \"{}\"", args.remote);
+    config.set_string(&group, "url", &args.repo);
+    config.set_boolean(&group, "gpg-verify", false);
+    repo.write_config(&config)
+        .with_context(|| format!("writing {}/ostree/repo/config", path.display()))?;
+    sysroot
+        .init_osname(osname, gio::Cancellable::NONE)
+        .with_context(|| format!("creating stateroot {osname} in {}", path.display()))?;
+    drop(sysroot);
+
+    let host = sysroot::open(path, Some(osname), true)?;
+    let probe = fetch::probe(&host.repo(), &path.join("ostree/repo"), &refspec, 1, false)?;
+    let head = probe.head_info()?;
+    fetch::pull_into_sysroot(&host.repo(), &refspec, &head.checksum)?;
+    let kargs = (!args.kargs.is_empty()).then_some(args.kargs.as_slice());
+    deploy_commit(&host, &head.checksum, &origin_for(&refspec), None, kargs)?;
+    println!(
+        "Installed {} from {refspec} into {}.",
+        describe(&head),
+        path.display()
+    );
+    Ok(Outcome::Done)
+}
+
+pub fn status(t: &Target, args: &StatusArgs) -> Result<Outcome> {
+    let host = sysroot::open_unlocked_any(t.sysroot, t.stateroot)?;
+    let mut deps = host.status()?;
+    if args.booted {
+        deps.retain(|d| d.booted);
+    }
+    if args.json {
+        println!("{}", status::render_json(&deps));
+    } else {
+        print!("{}", status::render_text(&deps, args.verbose));
+    }
+    Ok(Outcome::Done)
+}
+
+/// Shared by upgrade and deploy: apply the update rules to `target` and
+/// make it the next boot.
+fn switch_to(
+    host: &Host,
+    refspec: &Refspec,
+    target: &CommitInfo,
+    allow_downgrade: bool,
+    unchanged_exit_77: bool,
+) -> Result<Option<Outcome>> {
+    let current_dep = default_deployment(host)?;
+    let current = commit_info(&host.repo(), &current_dep.csum())?;
+    match plan::decide(&current, target) {
+        Decision::Unchanged => {
+            println!("No update: {} is already the default deployment.", describe(&current));
+            return Ok(Some(Outcome::Unchanged {
+                exit_77: unchanged_exit_77,
+            }));
+        }
+        Decision::Downgrade if !allow_downgrade => bail!(
+            "{} of {refspec} is older than the deployed {}; pass --allow-downgrade to deploy it anyway",
+            describe(target),
+            describe(&current)
+        ),
+        Decision::Downgrade => println!("Downgrading: {} -> {}", describe(&current), describe(target)),
+        Decision::Update => println!("Update: {} -> {}", describe(&current), describe(target)),
+    }
+    Ok(None)
+}
+
+pub fn upgrade(t: &Target, args: &UpgradeArgs) -> Result<Outcome> {
+    let host = sysroot::open(t.sysroot, t.stateroot, true)?;
+    let current_dep = default_deployment(&host)?;
+    let refspec = deployment_refspec(&current_dep)?;
+    let repo = host.repo();
+    let probe = fetch::probe(
+        &repo,
+        &host.path.join("ostree/repo"),
+        &refspec,
+        1,
+        args.preview,
+    )?;
+    let head = probe.head_info()?;
+    if let Some(outcome) = switch_to(
+        &host,
+        &refspec,
+        &head,
+        args.allow_downgrade,
+        args.unchanged_exit_77,
+    )? {
+        return Ok(outcome);
+    }
+    if args.preview {
+        print_preview(&repo, &current_dep.csum(), &probe.repo, &head.checksum)?;
+    }
+    if args.check || args.preview {
+        return Ok(Outcome::Done);
+    }
+    fetch::pull_into_sysroot(&repo, &refspec, &head.checksum)?;
+    if args.download_only {
+        println!(
+            "Downloaded {}; not deployed (--download-only).",
+            describe(&head)
+        );
+        return Ok(Outcome::Done);
+    }
+    let merge = host.merge_deployment();
+    deploy_commit(
+        &host,
+        &head.checksum,
+        &copy_origin(&current_dep)?,
+        merge.as_ref(),
+        None,
+    )?;
+    maybe_reboot(&host, args.reboot)?;
+    Ok(Outcome::Done)
+}
+
+fn print_preview(
+    old_repo: &ostree::Repo,
+    old: &str,
+    new_repo: &ostree::Repo,
+    new: &str,
+) -> Result<()> {
+    let diff = plan::diff_files(
+        &fetch::usr_files(old_repo, old)?,
+        &fetch::usr_files(new_repo, new)?,
+    );
+    println!(
+        "Files under /usr: {} added, {} removed, {} modified",
+        diff.added.len(),
+        diff.removed.len(),
+        diff.modified.len()
+    );
+    for (mark, list) in [
+        ("A", &diff.added),
+        ("D", &diff.removed),
+        ("M", &diff.modified),
+    ] {
+        for p in list {
+            println!("  {mark} /{p}");
+        }
+    }
+    match (
+        fetch::commit_packages(old_repo, old)?,
+        fetch::commit_packages(new_repo, new)?,
+    ) {
+        (Some(o), Some(n)) => {
+            let d = plan::diff_packages(&o, &n);
+            println!(
+                "Packages: {} added, {} removed, {} changed",
+                d.added.len(),
+                d.removed.len(),
+                d.changed.len()
+            );
+            for (name, version, arch) in &d.added {
+                println!("  + {name}:{arch} {version}");
+            }
+            for (name, version, arch) in &d.removed {
+                println!("  - {name}:{arch} {version}");
+            }
+            for (name, from, to) in &d.changed {
+                println!("  ~ {name} {from} -> {to}");
+            }
+        }
+        _ => println!("Packages: not recorded in both commits"),
+    }
+    Ok(())
+}
+
+pub fn deploy(t: &Target, args: &DeployArgs) -> Result<Outcome> {
+    let host = sysroot::open(t.sysroot, t.stateroot, true)?;
+    let current_dep = default_deployment(&host)?;
+    let refspec = deployment_refspec(&current_dep)?;
+    let repo = host.repo();
+    let probe = fetch::probe(&repo, &host.path.join("ostree/repo"), &refspec, -1, false)?;
+    let history = probe.history()?;
+    let target = plan::select_revision(&history, &args.revision, &refspec.to_string())?.clone();
+    if let Some(outcome) = switch_to(&host, &refspec, &target, args.allow_downgrade, false)? {
+        return Ok(outcome);
+    }
+    fetch::pull_into_sysroot(&repo, &refspec, &target.checksum)?;
+    let merge = host.merge_deployment();
+    deploy_commit(
+        &host,
+        &target.checksum,
+        &copy_origin(&current_dep)?,
+        merge.as_ref(),
+        None,
+    )?;
+    maybe_reboot(&host, args.reboot)?;
+    Ok(Outcome::Done)
+}
+
+pub fn rebase(t: &Target, args: &RebaseArgs) -> Result<Outcome> {
+    let host = sysroot::open(t.sysroot, t.stateroot, true)?;
+    let current_dep = default_deployment(&host)?;
+    let current_ref = deployment_refspec(&current_dep)?;
+    let refspec = Refspec::parse(&args.target)?.with_default_remote(current_ref.remote.as_deref());
+    let repo = host.repo();
+    let probe = fetch::probe(&repo, &host.path.join("ostree/repo"), &refspec, 1, false)?;
+    let head = probe.head_info()?;
+    fetch::pull_into_sysroot(&repo, &refspec, &head.checksum)?;
+    let origin = copy_origin(&current_dep)?;
+    origin.set_string("origin", "refspec", &refspec.to_string());
+    let merge = host.merge_deployment();
+    deploy_commit(&host, &head.checksum, &origin, merge.as_ref(), None)?;
+    println!(
+        "Rebased from {current_ref} to {refspec}: {}",
+        describe(&head)
+    );
+    maybe_reboot(&host, args.reboot)?;
+    Ok(Outcome::Done)
+}
+
+pub fn rollback(t: &Target) -> Result<Outcome> {
+    let host = sysroot::open(t.sysroot, t.stateroot, true)?;
+    let deps = host.deployments();
+    let order = plan::rollback_order(&host.slots())
+        .with_context(|| format!("rolling back {}", host.path.display()))?;
+    let list: Vec<ostree::Deployment> = order.iter().map(|&i| deps[i].clone()).collect();
+    host.sysroot
+        .write_deployments(&list, gio::Cancellable::NONE)
+        .with_context(|| format!("writing the deployment list of {}", host.path.display()))?;
+    let new_default = &list[0];
+    println!(
+        "Rolled back: {} is the default for the next boot.",
+        describe(&commit_info(&host.repo(), &new_default.csum())?)
+    );
+    Ok(Outcome::Done)
+}
+
+fn kargs_edits(args: &KargsArgs) -> Vec<Edit> {
+    // Deletions first, so `--delete quiet --append quiet=1` swaps the value.
+    let mut edits: Vec<Edit> = args.delete.iter().cloned().map(Edit::Delete).collect();
+    edits.extend(args.replace.iter().cloned().map(Edit::Replace));
+    edits.extend(args.append.iter().cloned().map(Edit::Append));
+    edits
+}
+
+pub fn kargs(t: &Target, args: &KargsArgs) -> Result<Outcome> {
+    let edits = kargs_edits(args);
+    let host = sysroot::open(t.sysroot, t.stateroot, !edits.is_empty())?;
+    let default = default_deployment(&host)?;
+    let current = kargs::strip_ostree_managed(&sysroot::deployment_kargs(&default));
+    if edits.is_empty() {
+        println!("{}", current.join(" "));
+        return Ok(Outcome::Done);
+    }
+    let new = kargs::apply(&current, &edits)?;
+    if new == current {
+        println!("Kernel arguments unchanged.");
+        return Ok(Outcome::Unchanged { exit_77: false });
+    }
+    deploy_commit(
+        &host,
+        &default.csum(),
+        &copy_origin(&default)?,
+        Some(&default),
+        Some(&new),
+    )?;
+    println!("Kernel arguments: {}", new.join(" "));
+    maybe_reboot(&host, args.reboot)?;
+    Ok(Outcome::Done)
+}
+
+pub fn pin(t: &Target, args: &PinArgs) -> Result<Outcome> {
+    let host = sysroot::open(t.sysroot, t.stateroot, true)?;
+    let deps = host.deployments();
+    let d = deps.get(args.index).with_context(|| {
+        format!(
+            "no deployment with index {} ({} deployments)",
+            args.index,
+            deps.len()
+        )
+    })?;
+    if d.is_staged() {
+        bail!(
+            "deployment {} is staged; it can be pinned once it is finalized",
+            args.index
+        );
+    }
+    host.sysroot
+        .deployment_set_pinned(d, !args.unpin)
+        .with_context(|| format!("changing the pin of deployment {}", args.index))?;
+    println!(
+        "Deployment {} ({}) is {}.",
+        args.index,
+        d.csum(),
+        if args.unpin { "unpinned" } else { "pinned" }
+    );
+    Ok(Outcome::Done)
+}
+
+pub fn cleanup(t: &Target, args: &CleanupArgs) -> Result<Outcome> {
+    let host = sysroot::open(t.sysroot, t.stateroot, true)?;
+    let deps = host.deployments();
+    let slots = host.slots();
+    let remove = plan::cleanup_removals(&slots, args.pending, args.rollback);
+    if !remove.is_empty() {
+        let keep: Vec<ostree::Deployment> = (0..deps.len())
+            .filter(|i| !remove.contains(i))
+            .map(|i| deps[i].clone())
+            .collect();
+        host.sysroot
+            .write_deployments(&keep, gio::Cancellable::NONE)
+            .with_context(|| format!("writing the deployment list of {}", host.path.display()))?;
+        for i in &remove {
+            println!("Removed deployment {i} ({}).", deps[*i].csum());
+        }
+    } else if args.pending || args.rollback {
+        println!("No matching deployment to remove (pinned ones are kept).");
+    }
+    host.sysroot
+        .cleanup(gio::Cancellable::NONE)
+        .with_context(|| format!("cleaning up {}", host.path.display()))?;
+    println!("Pruned objects no deployment or ref uses.");
+    Ok(Outcome::Done)
+}

@@ -1,0 +1,233 @@
+//! Talking to remotes. Deciding whether there is an update (and what it
+//! changes) happens in a throwaway repository, so that `--check`, `--preview`,
+//! "no update", a refused downgrade or an unreachable remote leave the
+//! sysroot's repository exactly as it was; only a commit that is going to be
+//! deployed (or `--download-only`) is pulled into the sysroot.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use ostree::gio;
+use ostree::glib;
+use ostree::prelude::*;
+
+use crate::origin::Refspec;
+use crate::plan::{CommitInfo, FileMap, Package};
+use crate::sysroot::{commit_info, commit_metadata};
+
+const PROBE_REMOTE: &str = "probe";
+
+/// Where the candidate commits were looked up.
+pub struct Probe {
+    pub repo: ostree::Repo,
+    pub head: String,
+    pub refspec: Refspec,
+    // Keeps the throwaway repository alive as long as `repo` is used.
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub fn remote_url(repo: &ostree::Repo, remote: &str) -> Result<String> {
+    repo.remote_get_url(remote)
+        .map(|u| u.to_string())
+        .with_context(|| format!("remote {remote:?} is not configured in the sysroot repository"))
+}
+
+fn pull_options(
+    branch: &str,
+    flags: ostree::RepoPullFlags,
+    depth: i32,
+    commit: Option<&str>,
+) -> glib::Variant {
+    let opts = glib::VariantDict::new(None);
+    opts.insert_value("refs", &vec![branch.to_string()].to_variant());
+    opts.insert_value("flags", &(flags.bits() as i32).to_variant());
+    opts.insert_value("depth", &depth.to_variant());
+    if let Some(c) = commit {
+        opts.insert_value("override-commit-ids", &vec![c.to_string()].to_variant());
+    }
+    opts.end()
+}
+
+/// Look up the head of `refspec` (and `depth` commits of history, -1 for
+/// all) without writing to `sysroot_repo`. With `full`, the whole head
+/// commit is fetched too, for a file-level preview; objects the sysroot
+/// already has are found through the throwaway repository's parent link.
+pub fn probe(
+    sysroot_repo: &ostree::Repo,
+    sysroot_repo_path: &Path,
+    refspec: &Refspec,
+    depth: i32,
+    full: bool,
+) -> Result<Probe> {
+    let Some(remote) = refspec.remote.as_deref() else {
+        // A local ref: nothing to fetch, the sysroot repository is the source.
+        let head = sysroot_repo
+            .resolve_rev(&refspec.branch, false)
+            .with_context(|| format!("ref {} not found in the sysroot repository", refspec.branch))?
+            .with_context(|| format!("ref {} not found in the sysroot repository", refspec.branch))?
+            .to_string();
+        return Ok(Probe {
+            repo: sysroot_repo.clone(),
+            head,
+            refspec: refspec.clone(),
+            _dir: None,
+        });
+    };
+    let url = remote_url(sysroot_repo, remote)?;
+    let dir = tempfile::Builder::new()
+        .prefix("hostctl-probe-")
+        .tempdir()
+        .context("creating a temporary repository for the update check")?;
+    let repo = ostree::Repo::new_for_path(dir.path());
+    repo.create(ostree::RepoMode::Archive, gio::Cancellable::NONE)
+        .with_context(|| format!("creating temporary repository {}", dir.path().display()))?;
+    let config = repo.copy_config();
+    config.set_string("core", "parent", &sysroot_repo_path.to_string_lossy());
+    repo.write_config(&config)
+        .with_context(|| format!("configuring temporary repository {}", dir.path().display()))?;
+    repo.reload_config(gio::Cancellable::NONE)
+        .with_context(|| format!("configuring temporary repository {}", dir.path().display()))?;
+    let remote_opts = glib::VariantDict::new(None);
+    // The real pull into the sysroot goes through the configured remote and
+    // its verification; this copy only decides whether to do that pull.
+    remote_opts.insert_value("gpg-verify", &false.to_variant());
+    repo.remote_add(
+        PROBE_REMOTE,
+        Some(&url),
+        Some(&remote_opts.end()),
+        gio::Cancellable::NONE,
+    )
+    .with_context(|| format!("configuring temporary remote for {url}"))?;
+    let flags = if full {
+        ostree::RepoPullFlags::NONE
+    } else {
+        ostree::RepoPullFlags::COMMIT_ONLY
+    };
+    repo.pull_with_options(
+        PROBE_REMOTE,
+        &pull_options(&refspec.branch, flags, depth, None),
+        None,
+        gio::Cancellable::NONE,
+    )
+    .with_context(|| {
+        format!(
+            "fetching ref {} from remote {remote} ({url})",
+            refspec.branch
+        )
+    })?;
+    let head = repo
+        .resolve_rev(&format!("{PROBE_REMOTE}:{}", refspec.branch), false)
+        .with_context(|| format!("ref {} not found on remote {remote}", refspec.branch))?
+        .with_context(|| format!("ref {} not found on remote {remote}", refspec.branch))?
+        .to_string();
+    Ok(Probe {
+        repo,
+        head,
+        refspec: refspec.clone(),
+        _dir: Some(dir),
+    })
+}
+
+impl Probe {
+    pub fn head_info(&self) -> Result<CommitInfo> {
+        commit_info(&self.repo, &self.head)
+    }
+
+    /// The fetched history of the ref, newest first.
+    pub fn history(&self) -> Result<Vec<CommitInfo>> {
+        let mut out = Vec::new();
+        let mut next = Some(self.head.clone());
+        while let Some(csum) = next {
+            let Some(commit) = self
+                .repo
+                .load_variant_if_exists(ostree::ObjectType::Commit, &csum)
+                .with_context(|| format!("loading commit {csum}"))?
+            else {
+                break;
+            };
+            out.push(commit_info(&self.repo, &csum)?);
+            next = ostree::commit_get_parent(&commit).map(|p| p.to_string());
+        }
+        Ok(out)
+    }
+}
+
+/// Pull exactly `checksum` of `refspec` into the sysroot repository, through
+/// the configured remote (and whatever verification it is set up with).
+pub fn pull_into_sysroot(repo: &ostree::Repo, refspec: &Refspec, checksum: &str) -> Result<()> {
+    let Some(remote) = refspec.remote.as_deref() else {
+        return Ok(());
+    };
+    println!("Pulling {checksum} from {remote}:{}...", refspec.branch);
+    repo.pull_with_options(
+        remote,
+        &pull_options(
+            &refspec.branch,
+            ostree::RepoPullFlags::NONE,
+            0,
+            Some(checksum),
+        ),
+        None,
+        gio::Cancellable::NONE,
+    )
+    .with_context(|| format!("pulling {checksum} of {refspec} into the sysroot repository"))
+}
+
+/// Every file under `/usr` of `commit`, with its content checksum.
+pub fn usr_files(repo: &ostree::Repo, commit: &str) -> Result<FileMap> {
+    let (c, _) = repo
+        .load_commit(commit)
+        .with_context(|| format!("loading commit {commit}"))?;
+    let root = ostree::checksum_from_bytes_v(&c.child_value(6)).to_string();
+    let tree = load_dirtree(repo, &root)?;
+    let mut map = FileMap::new();
+    let dirs = tree.child_value(1);
+    for i in 0..dirs.n_children() {
+        let d = dirs.child_value(i);
+        if d.child_value(0).str() == Some("usr") {
+            let sub = ostree::checksum_from_bytes_v(&d.child_value(1)).to_string();
+            walk(repo, &sub, "usr", &mut map)?;
+        }
+    }
+    Ok(map)
+}
+
+fn load_dirtree(repo: &ostree::Repo, csum: &str) -> Result<glib::Variant> {
+    repo.load_variant(ostree::ObjectType::DirTree, csum)
+        .with_context(|| format!("loading directory tree object {csum}"))
+}
+
+fn walk(repo: &ostree::Repo, tree_csum: &str, prefix: &str, out: &mut FileMap) -> Result<()> {
+    let tree = load_dirtree(repo, tree_csum)?;
+    let files = tree.child_value(0);
+    for i in 0..files.n_children() {
+        let f = files.child_value(i);
+        let Some(name) = f.child_value(0).str().map(str::to_string) else {
+            bail!("malformed directory tree object {tree_csum}");
+        };
+        let sum = ostree::checksum_from_bytes_v(&f.child_value(1)).to_string();
+        out.insert(format!("{prefix}/{name}"), sum);
+    }
+    let dirs = tree.child_value(1);
+    for i in 0..dirs.n_children() {
+        let d = dirs.child_value(i);
+        let Some(name) = d.child_value(0).str().map(str::to_string) else {
+            bail!("malformed directory tree object {tree_csum}");
+        };
+        let sub = ostree::checksum_from_bytes_v(&d.child_value(1)).to_string();
+        walk(repo, &sub, &format!("{prefix}/{name}"), out)?;
+    }
+    Ok(())
+}
+
+/// The package list a Debian compose records, if the commit has one.
+pub fn commit_packages(repo: &ostree::Repo, commit: &str) -> Result<Option<Vec<Package>>> {
+    let (c, _) = repo
+        .load_commit(commit)
+        .with_context(|| format!("loading commit {commit}"))?;
+    commit_metadata(&c)
+        .lookup::<Vec<Package>>("hostctl.packages")
+        .with_context(|| {
+            format!("commit {commit}: metadata hostctl.packages is not of type a(sss)")
+        })
+}

@@ -1,0 +1,403 @@
+//! Decisions the host verbs take, on plain data: is a commit an update, which
+//! commit a revision names, which deployments survive a change, what
+//! rollback and cleanup do. No I/O here, so each rule has a unit test.
+
+use std::collections::BTreeMap;
+
+use thiserror::Error;
+
+/// What the verbs need to know about a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitInfo {
+    pub checksum: String,
+    pub version: Option<String>,
+    pub timestamp: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Unchanged,
+    Update,
+    /// Older than what is deployed; needs `--allow-downgrade`.
+    Downgrade,
+}
+
+/// Compare the candidate with the commit the update starts from. Timestamps
+/// decide because versions are free-form strings; an equal timestamp on a
+/// different commit counts as an update (a rebuild in the same second).
+pub fn decide(current: &CommitInfo, candidate: &CommitInfo) -> Decision {
+    if current.checksum == candidate.checksum {
+        Decision::Unchanged
+    } else if candidate.timestamp < current.timestamp {
+        Decision::Downgrade
+    } else {
+        Decision::Update
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SelectError {
+    #[error("no commit in the history of {branch} has version or checksum {wanted:?}")]
+    NotFound { wanted: String, branch: String },
+    #[error("checksum prefix {wanted:?} matches several commits of {branch}; give more digits")]
+    Ambiguous { wanted: String, branch: String },
+}
+
+/// Find the commit `wanted` names in `history` (newest first): an exact
+/// version wins (the newest commit carrying it), else a checksum prefix of
+/// at least 4 hex digits that matches exactly one commit.
+pub fn select_revision<'a>(
+    history: &'a [CommitInfo],
+    wanted: &str,
+    branch: &str,
+) -> Result<&'a CommitInfo, SelectError> {
+    if let Some(c) = history
+        .iter()
+        .find(|c| c.version.as_deref() == Some(wanted))
+    {
+        return Ok(c);
+    }
+    let not_found = || SelectError::NotFound {
+        wanted: wanted.to_string(),
+        branch: branch.to_string(),
+    };
+    let is_prefix = wanted.len() >= 4 && wanted.chars().all(|c| c.is_ascii_hexdigit());
+    if !is_prefix {
+        return Err(not_found());
+    }
+    let wanted_lc = wanted.to_ascii_lowercase();
+    let mut matches = history
+        .iter()
+        .filter(|c| c.checksum.starts_with(&wanted_lc));
+    match (matches.next(), matches.next()) {
+        (Some(c), None) => Ok(c),
+        (Some(_), Some(_)) => Err(SelectError::Ambiguous {
+            wanted: wanted.to_string(),
+            branch: branch.to_string(),
+        }),
+        (None, _) => Err(not_found()),
+    }
+}
+
+/// A deployment as the planning functions see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub osname: String,
+    pub booted: bool,
+    pub staged: bool,
+    pub pinned: bool,
+}
+
+/// Indices of the existing deployments to keep after a new one is put in
+/// front: other stateroots, the booted one, the one the new deployment's
+/// `/etc` was merged from (it becomes the rollback), and pinned ones.
+pub fn retain_after_deploy(slots: &[Slot], osname: &str, merge: Option<usize>) -> Vec<usize> {
+    (0..slots.len())
+        .filter(|&i| {
+            let s = &slots[i];
+            s.osname != osname || s.booted || s.pinned || Some(i) == merge
+        })
+        .filter(|&i| !slots[i].staged)
+        .collect()
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RollbackError {
+    #[error("there is no rollback deployment")]
+    NoRollback,
+}
+
+/// The new boot order for `rollback`, as indices into `slots`.
+///
+/// - With a pending deployment ahead of the booted one, rollback undoes it:
+///   the booted deployment becomes the default again. A staged pending
+///   deployment is discarded (it was never finalized); an already written
+///   one moves to second place so another rollback brings it back.
+/// - Otherwise the default and the rollback deployment swap places.
+pub fn rollback_order(slots: &[Slot]) -> Result<Vec<usize>, RollbackError> {
+    let booted = slots.iter().position(|s| s.booted);
+    let mut order: Vec<usize> = (0..slots.len()).collect();
+    match booted {
+        Some(b) if b > 0 => {
+            order.retain(|&i| !slots[i].staged);
+            let pos = order
+                .iter()
+                .position(|&i| i == b)
+                .expect("booted is never staged");
+            let booted_idx = order.remove(pos);
+            order.insert(0, booted_idx);
+            if order.len() < 2 && !slots.iter().any(|s| s.staged) {
+                return Err(RollbackError::NoRollback);
+            }
+        }
+        _ => {
+            if slots.len() < 2 {
+                return Err(RollbackError::NoRollback);
+            }
+            order.swap(0, 1);
+        }
+    }
+    Ok(order)
+}
+
+/// Which deployments `cleanup` removes. Pending: those ahead of the booted
+/// one (nothing on an unbooted sysroot, where nothing is pending). Rollback:
+/// the one after the booted one, or after the default when nothing is
+/// booted. Pinned deployments are never removed here; unpin them first.
+pub fn cleanup_removals(slots: &[Slot], pending: bool, rollback: bool) -> Vec<usize> {
+    let booted = slots.iter().position(|s| s.booted);
+    let mut out = Vec::new();
+    if pending {
+        if let Some(b) = booted {
+            out.extend(0..b);
+        }
+    }
+    if rollback {
+        let r = booted.unwrap_or(0) + 1;
+        if r < slots.len() {
+            out.push(r);
+        }
+    }
+    out.retain(|&i| !slots[i].pinned);
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// `/usr` content of a commit: path → content checksum (directories are not
+/// listed; a symlink's checksum covers its target).
+pub type FileMap = BTreeMap<String, String>;
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TreeDiff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub modified: Vec<String>,
+}
+
+pub fn diff_files(old: &FileMap, new: &FileMap) -> TreeDiff {
+    let mut d = TreeDiff::default();
+    for (path, sum) in new {
+        match old.get(path) {
+            None => d.added.push(path.clone()),
+            Some(o) if o != sum => d.modified.push(path.clone()),
+            Some(_) => {}
+        }
+    }
+    d.removed = old
+        .keys()
+        .filter(|p| !new.contains_key(*p))
+        .cloned()
+        .collect();
+    d
+}
+
+/// A package as commit metadata `hostctl.packages` lists it.
+pub type Package = (String, String, String);
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PackageDiff {
+    pub added: Vec<Package>,
+    pub removed: Vec<Package>,
+    /// (name/arch, old version, new version)
+    pub changed: Vec<(String, String, String)>,
+}
+
+/// Packages keyed by name and architecture, so a multiarch package is two.
+/// Versions are only compared for equality here; ordering them (upgrade or
+/// downgrade) is Debian's version comparison, which lives elsewhere.
+pub fn diff_packages(old: &[Package], new: &[Package]) -> PackageDiff {
+    let key = |p: &Package| format!("{}:{}", p.0, p.2);
+    let old_map: BTreeMap<String, &Package> = old.iter().map(|p| (key(p), p)).collect();
+    let new_map: BTreeMap<String, &Package> = new.iter().map(|p| (key(p), p)).collect();
+    let mut d = PackageDiff::default();
+    for (k, p) in &new_map {
+        match old_map.get(k) {
+            None => d.added.push((*p).clone()),
+            Some(o) if o.1 != p.1 => d.changed.push((k.clone(), o.1.clone(), p.1.clone())),
+            Some(_) => {}
+        }
+    }
+    d.removed = old_map
+        .iter()
+        .filter(|(k, _)| !new_map.contains_key(*k))
+        .map(|(_, p)| (*p).clone())
+        .collect();
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(sum: &str, version: &str, ts: u64) -> CommitInfo {
+        CommitInfo {
+            checksum: sum.into(),
+            version: Some(version.into()),
+            timestamp: ts,
+        }
+    }
+
+    fn slot(booted: bool, staged: bool, pinned: bool) -> Slot {
+        Slot {
+            osname: "debian".into(),
+            booted,
+            staged,
+            pinned,
+        }
+    }
+
+    #[test]
+    fn decide_by_checksum_then_time() {
+        let cur = c("aa", "1", 100);
+        assert_eq!(decide(&cur, &c("aa", "1", 100)), Decision::Unchanged);
+        assert_eq!(decide(&cur, &c("bb", "2", 200)), Decision::Update);
+        assert_eq!(decide(&cur, &c("bb", "2", 100)), Decision::Update);
+        assert_eq!(decide(&cur, &c("bb", "0.9", 50)), Decision::Downgrade);
+    }
+
+    #[test]
+    fn select_by_version_or_unique_prefix() {
+        let h = vec![
+            c("abcd11", "1.2", 3),
+            c("abcd22", "1.1", 2),
+            c("ef0033", "1.0", 1),
+        ];
+        assert_eq!(select_revision(&h, "1.1", "b").unwrap().checksum, "abcd22");
+        assert_eq!(select_revision(&h, "ef00", "b").unwrap().checksum, "ef0033");
+        assert_eq!(
+            select_revision(&h, "ABCD2", "b").unwrap().checksum,
+            "abcd22"
+        );
+        assert!(matches!(
+            select_revision(&h, "abcd", "b"),
+            Err(SelectError::Ambiguous { .. })
+        ));
+        assert!(matches!(
+            select_revision(&h, "abc", "b"),
+            Err(SelectError::NotFound { .. })
+        ));
+        assert!(matches!(
+            select_revision(&h, "2.0", "b"),
+            Err(SelectError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn a_version_that_looks_like_hex_still_matches_as_version() {
+        let h = vec![c("1234aa", "beef", 2), c("beef00", "1", 1)];
+        assert_eq!(select_revision(&h, "beef", "b").unwrap().checksum, "1234aa");
+    }
+
+    #[test]
+    fn retention_keeps_booted_merge_pinned_and_other_stateroots() {
+        let mut other = slot(false, false, false);
+        other.osname = "fedora".into();
+        let slots = vec![
+            slot(false, false, false), // 0: default, merge source
+            slot(false, false, false), // 1: old rollback
+            slot(false, false, true),  // 2: pinned
+            other,                     // 3
+        ];
+        assert_eq!(
+            retain_after_deploy(&slots, "debian", Some(0)),
+            vec![0, 2, 3]
+        );
+        let booted = vec![
+            slot(false, true, false), // staged: replaced by the new one
+            slot(true, false, false),
+            slot(false, false, false),
+        ];
+        assert_eq!(retain_after_deploy(&booted, "debian", Some(1)), vec![1]);
+    }
+
+    #[test]
+    fn rollback_swaps_or_undoes_pending() {
+        let s = vec![slot(false, false, false), slot(false, false, false)];
+        assert_eq!(rollback_order(&s).unwrap(), vec![1, 0]);
+        let s = vec![
+            slot(true, false, false),
+            slot(false, false, false),
+            slot(false, false, true),
+        ];
+        assert_eq!(rollback_order(&s).unwrap(), vec![1, 0, 2]);
+        // Staged ahead of booted: the staged one goes, booted stays default.
+        let s = vec![
+            slot(false, true, false),
+            slot(true, false, false),
+            slot(false, false, false),
+        ];
+        assert_eq!(rollback_order(&s).unwrap(), vec![1, 2]);
+        let s = vec![slot(false, true, false), slot(true, false, false)];
+        assert_eq!(rollback_order(&s).unwrap(), vec![1]);
+        // A written pending deployment moves behind the booted one.
+        let s = vec![slot(false, false, false), slot(true, false, false)];
+        assert_eq!(rollback_order(&s).unwrap(), vec![1, 0]);
+        assert_eq!(
+            rollback_order(&[slot(false, false, false)]),
+            Err(RollbackError::NoRollback)
+        );
+        assert_eq!(
+            rollback_order(&[slot(true, false, false)]),
+            Err(RollbackError::NoRollback)
+        );
+    }
+
+    #[test]
+    fn cleanup_picks_pending_and_rollback_but_not_pinned() {
+        let s = vec![
+            slot(false, true, false),
+            slot(true, false, false),
+            slot(false, false, false),
+        ];
+        assert_eq!(cleanup_removals(&s, true, false), vec![0]);
+        assert_eq!(cleanup_removals(&s, false, true), vec![2]);
+        assert_eq!(cleanup_removals(&s, true, true), vec![0, 2]);
+        let s = vec![slot(false, false, false), slot(false, false, true)];
+        assert!(cleanup_removals(&s, true, true).is_empty());
+        let s = vec![slot(false, false, false), slot(false, false, false)];
+        assert_eq!(cleanup_removals(&s, false, true), vec![1]);
+    }
+
+    #[test]
+    fn file_diff_lists_each_kind() {
+        let old: FileMap = [("usr/a", "1"), ("usr/b", "2"), ("usr/c", "3")]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        let new: FileMap = [("usr/a", "1"), ("usr/b", "9"), ("usr/d", "4")]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        let d = diff_files(&old, &new);
+        assert_eq!(d.added, vec!["usr/d"]);
+        assert_eq!(d.removed, vec!["usr/c"]);
+        assert_eq!(d.modified, vec!["usr/b"]);
+    }
+
+    #[test]
+    fn package_diff_by_name_and_arch() {
+        let p = |n: &str, v: &str, a: &str| (n.to_string(), v.to_string(), a.to_string());
+        let old = vec![
+            p("bash", "5.2-1", "amd64"),
+            p("libc6", "2.36-9", "amd64"),
+            p("gone", "1", "all"),
+        ];
+        let new = vec![
+            p("bash", "5.2-1", "amd64"),
+            p("libc6", "2.36-9+deb12u4", "amd64"),
+            p("libc6", "2.36-9+deb12u4", "i386"),
+        ];
+        let d = diff_packages(&old, &new);
+        assert_eq!(d.added, vec![p("libc6", "2.36-9+deb12u4", "i386")]);
+        assert_eq!(d.removed, vec![p("gone", "1", "all")]);
+        assert_eq!(
+            d.changed,
+            vec![(
+                "libc6:amd64".to_string(),
+                "2.36-9".to_string(),
+                "2.36-9+deb12u4".to_string()
+            )]
+        );
+    }
+}

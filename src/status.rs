@@ -1,0 +1,202 @@
+//! What `hostctl status` shows, built from plain data so the rendering and
+//! the JSON schema (docs/status-json.md) are unit-tested without a sysroot.
+
+use serde::Serialize;
+
+/// One deployment, in boot order (index 0 boots next).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeploymentInfo {
+    pub index: usize,
+    /// `OSNAME-CHECKSUM.SERIAL`, as rpm-ostree names deployments.
+    pub id: String,
+    pub osname: String,
+    pub checksum: String,
+    pub serial: i32,
+    /// `REMOTE:REF` (or a bare ref) from the origin file.
+    pub origin: Option<String>,
+    pub version: Option<String>,
+    /// Commit time, seconds since the epoch.
+    pub timestamp: Option<u64>,
+    pub booted: bool,
+    pub staged: bool,
+    pub pinned: bool,
+    /// Boots next.
+    pub default: bool,
+    /// What `hostctl rollback` would make the default.
+    pub rollback: bool,
+    /// Kernel arguments from the deployment's bootloader entry.
+    pub kargs: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct StatusJson<'a> {
+    deployments: &'a [DeploymentInfo],
+}
+
+/// Which index is the rollback target: the deployment right after the booted
+/// one; without a booted deployment (a sysroot being prepared offline), the
+/// one right after the default.
+pub fn rollback_index(booted: Option<usize>, count: usize) -> Option<usize> {
+    let after = booted.unwrap_or(0) + 1;
+    (after < count).then_some(after)
+}
+
+pub fn id(osname: &str, checksum: &str, serial: i32) -> String {
+    format!("{osname}-{checksum}.{serial}")
+}
+
+pub fn render_json(deps: &[DeploymentInfo]) -> String {
+    serde_json::to_string_pretty(&StatusJson { deployments: deps })
+        .expect("status JSON serialisation cannot fail on plain data")
+}
+
+fn format_time(ts: u64) -> String {
+    match i64::try_from(ts)
+        .ok()
+        .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+    {
+        Some(t) => t.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        None => format!("@{ts}"),
+    }
+}
+
+pub fn render_text(deps: &[DeploymentInfo], verbose: bool) -> String {
+    if deps.is_empty() {
+        return "No deployments.\n".to_string();
+    }
+    let mut out = String::from("Deployments:\n");
+    for d in deps {
+        let marker = if d.booted { '●' } else { ' ' };
+        let mut tags = Vec::new();
+        if d.default {
+            tags.push("default");
+        }
+        if d.rollback {
+            tags.push("rollback");
+        }
+        if d.booted {
+            tags.push("booted");
+        }
+        if d.staged {
+            tags.push("staged");
+        }
+        if d.pinned {
+            tags.push("pinned");
+        }
+        let tags = if tags.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", tags.join(", "))
+        };
+        out.push_str(&format!(
+            "{marker} {} {} {}{tags}\n",
+            d.index,
+            d.osname,
+            d.origin.as_deref().unwrap_or("<no origin>")
+        ));
+        let version = d.version.as_deref().unwrap_or("<none>");
+        match d.timestamp {
+            Some(ts) => out.push_str(&format!(
+                "        Version: {version} ({})\n",
+                format_time(ts)
+            )),
+            None => out.push_str(&format!("        Version: {version}\n")),
+        }
+        out.push_str(&format!("         Commit: {}\n", d.checksum));
+        if verbose {
+            out.push_str(&format!("             Id: {}\n", d.id));
+            out.push_str(&format!("    Kernel args: {}\n", d.kargs.join(" ")));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dep(index: usize, version: &str, booted: bool) -> DeploymentInfo {
+        DeploymentInfo {
+            index,
+            id: id("debian", &format!("{index}abc"), 0),
+            osname: "debian".into(),
+            checksum: format!("{index}abc"),
+            serial: 0,
+            origin: Some("origin:stable".into()),
+            version: Some(version.into()),
+            timestamp: Some(1_700_000_000),
+            booted,
+            staged: false,
+            pinned: false,
+            default: index == 0,
+            rollback: false,
+            kargs: vec!["quiet".into(), "ostree=/ostree/boot.1/x".into()],
+        }
+    }
+
+    #[test]
+    fn rollback_follows_booted_or_default() {
+        assert_eq!(rollback_index(None, 2), Some(1));
+        assert_eq!(rollback_index(None, 1), None);
+        assert_eq!(rollback_index(Some(0), 3), Some(1));
+        // A pending deployment at 0 and the booted one at 1: the rollback is
+        // what comes after the booted one.
+        assert_eq!(rollback_index(Some(1), 3), Some(2));
+        assert_eq!(rollback_index(Some(1), 2), None);
+    }
+
+    #[test]
+    fn json_uses_rpm_ostree_key_names() {
+        let mut d = dep(0, "2.0", true);
+        d.pinned = true;
+        let v: serde_json::Value = serde_json::from_str(&render_json(&[d])).unwrap();
+        let d0 = &v["deployments"][0];
+        for key in [
+            "id",
+            "osname",
+            "checksum",
+            "serial",
+            "origin",
+            "version",
+            "timestamp",
+            "booted",
+            "staged",
+            "pinned",
+            "kargs",
+        ] {
+            assert!(d0.get(key).is_some(), "missing key {key}");
+        }
+        assert_eq!(d0["id"], "debian-0abc.0");
+        assert_eq!(d0["pinned"], true);
+        assert_eq!(d0["timestamp"], 1_700_000_000u64);
+        assert_eq!(d0["kargs"][0], "quiet");
+    }
+
+    #[test]
+    fn text_marks_booted_default_and_rollback() {
+        let mut a = dep(0, "2.0", false);
+        a.staged = true;
+        let mut b = dep(1, "1.0", true);
+        b.rollback = false;
+        let mut c = dep(2, "0.9", false);
+        c.rollback = true;
+        c.pinned = true;
+        let text = render_text(&[a, b, c], false);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], "  0 debian origin:stable (default, staged)");
+        assert_eq!(lines[4], "● 1 debian origin:stable (booted)");
+        assert_eq!(lines[7], "  2 debian origin:stable (rollback, pinned)");
+        assert!(text.contains("Version: 2.0 (2023-11-14 22:13:20 UTC)"));
+        assert!(!text.contains("Kernel args"));
+        assert!(render_text(&[dep(0, "1", false)], true).contains("Kernel args: quiet ostree="));
+    }
+
+    #[test]
+    fn no_deployments_is_said() {
+        assert_eq!(render_text(&[], false), "No deployments.\n");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&render_json(&[])).unwrap()["deployments"],
+            serde_json::json!([])
+        );
+    }
+}

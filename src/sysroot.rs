@@ -1,0 +1,288 @@
+//! Opening a sysroot: which one, which stateroot, whether it is booted, and
+//! the lock that keeps two operations from interleaving.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use ostree::gio;
+use ostree::glib;
+
+use crate::plan::{CommitInfo, Slot};
+use crate::status::{self, DeploymentInfo};
+
+pub struct Host {
+    pub sysroot: ostree::Sysroot,
+    pub path: PathBuf,
+    pub osname: String,
+    pub booted: bool,
+    locked: bool,
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if self.locked {
+            self.sysroot.unlock();
+        }
+    }
+}
+
+/// Pick the stateroot: the one asked for, else the booted one, else the only
+/// one present. Several and none booted is ambiguous, so the caller must say.
+pub fn choose_stateroot(
+    requested: Option<&str>,
+    booted: Option<&str>,
+    present: &[String],
+) -> Result<String> {
+    if let Some(r) = requested {
+        if !present.iter().any(|p| p == r) {
+            bail!(
+                "stateroot {r:?} does not exist (present: {})",
+                if present.is_empty() {
+                    "none".to_string()
+                } else {
+                    present.join(", ")
+                }
+            );
+        }
+        return Ok(r.to_string());
+    }
+    if let Some(b) = booted {
+        return Ok(b.to_string());
+    }
+    match present {
+        [one] => Ok(one.clone()),
+        [] => bail!("no stateroot found; is this a sysroot made by `hostctl install`?"),
+        many => bail!(
+            "several stateroots ({}); choose one with --stateroot",
+            many.join(", ")
+        ),
+    }
+}
+
+fn stateroots(path: &Path) -> Result<Vec<String>> {
+    let dir = path.join("ostree/deploy");
+    let mut names = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(names),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    for e in entries {
+        let e = e.with_context(|| format!("reading {}", dir.display()))?;
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            names.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Open and load the sysroot at `path`; with `lock`, wait for any other
+/// operation on it first (saying so) and load only once the lock is held, so
+/// the state acted on is the state left by whoever held it before.
+pub fn open(path: &Path, stateroot: Option<&str>, lock: bool) -> Result<Host> {
+    open_inner(path, stateroot, lock, true)
+}
+
+/// For read-only views (status): several stateroots and none chosen is
+/// fine there, since all deployments are shown anyway.
+pub fn open_unlocked_any(path: &Path, stateroot: Option<&str>) -> Result<Host> {
+    open_inner(path, stateroot, false, false)
+}
+
+fn open_inner(
+    path: &Path,
+    stateroot: Option<&str>,
+    lock: bool,
+    need_stateroot: bool,
+) -> Result<Host> {
+    if !path.join("ostree/repo").is_dir() {
+        bail!(
+            "{} is not a sysroot (no ostree/repo); create one with `hostctl install`",
+            path.display()
+        );
+    }
+    let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(path)));
+    if path == Path::new("/") {
+        // On a booted host /sysroot may be mounted read-only; libostree
+        // remounts it writable in a private mount namespace.
+        sysroot
+            .initialize_with_mount_namespace(gio::Cancellable::NONE)
+            .with_context(|| format!("initializing sysroot {}", path.display()))?;
+    }
+    let mut locked = false;
+    if lock {
+        sysroot
+            .initialize()
+            .with_context(|| format!("initializing sysroot {}", path.display()))?;
+        let got = sysroot
+            .try_lock()
+            .with_context(|| format!("locking sysroot {}", path.display()))?;
+        if !got {
+            eprintln!(
+                "Waiting for another operation on sysroot {} to finish...",
+                path.display()
+            );
+            sysroot
+                .lock()
+                .with_context(|| format!("locking sysroot {}", path.display()))?;
+        }
+        locked = true;
+    }
+    let mut host = Host {
+        sysroot,
+        path: path.to_path_buf(),
+        osname: String::new(),
+        booted: false,
+        locked,
+    };
+    host.sysroot
+        .load(gio::Cancellable::NONE)
+        .with_context(|| format!("loading sysroot {}", path.display()))?;
+    let booted = host.sysroot.booted_deployment();
+    host.booted = booted.is_some();
+    let chosen = choose_stateroot(
+        stateroot,
+        booted.as_ref().map(|d| d.osname().to_string()).as_deref(),
+        &stateroots(path)?,
+    );
+    host.osname = match chosen {
+        Ok(o) => o,
+        Err(e) if need_stateroot => return Err(e),
+        Err(_) => String::new(),
+    };
+    Ok(host)
+}
+
+impl Host {
+    pub fn repo(&self) -> ostree::Repo {
+        self.sysroot.repo()
+    }
+
+    pub fn deployments(&self) -> Vec<ostree::Deployment> {
+        self.sysroot.deployments()
+    }
+
+    pub fn is_booted_deployment(&self, d: &ostree::Deployment) -> bool {
+        self.sysroot.booted_deployment().is_some_and(|b| b.equal(d))
+    }
+
+    pub fn slots(&self) -> Vec<Slot> {
+        self.deployments()
+            .iter()
+            .map(|d| Slot {
+                osname: d.osname().to_string(),
+                booted: self.is_booted_deployment(d),
+                staged: d.is_staged(),
+                pinned: d.is_pinned(),
+            })
+            .collect()
+    }
+
+    /// Absolute path of a deployment's root directory.
+    pub fn deployment_dir(&self, d: &ostree::Deployment) -> PathBuf {
+        self.path.join(self.sysroot.deployment_dirpath(d).as_str())
+    }
+
+    /// The deployment new ones take `/etc` and kernel arguments from: the
+    /// booted one, else this stateroot's default.
+    pub fn merge_deployment(&self) -> Option<ostree::Deployment> {
+        self.sysroot.merge_deployment(Some(&self.osname))
+    }
+
+    pub fn status(&self) -> Result<Vec<DeploymentInfo>> {
+        let deps = self.deployments();
+        let booted_idx = deps.iter().position(|d| self.is_booted_deployment(d));
+        let rollback = status::rollback_index(booted_idx, deps.len());
+        let repo = self.repo();
+        deps.iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let checksum = d.csum().to_string();
+                let info = commit_info(&repo, &checksum).ok();
+                Ok(DeploymentInfo {
+                    index: i,
+                    id: status::id(&d.osname(), &checksum, d.deployserial()),
+                    osname: d.osname().to_string(),
+                    serial: d.deployserial(),
+                    origin: origin_refspec(d),
+                    version: info.as_ref().and_then(|c| c.version.clone()),
+                    timestamp: info.as_ref().map(|c| c.timestamp),
+                    booted: Some(i) == booted_idx,
+                    staged: d.is_staged(),
+                    pinned: d.is_pinned(),
+                    default: i == 0,
+                    rollback: Some(i) == rollback,
+                    kargs: deployment_kargs(d),
+                    checksum,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The refspec an origin file records, if any.
+pub fn origin_refspec(d: &ostree::Deployment) -> Option<String> {
+    d.origin()
+        .and_then(|kf| kf.string("origin", "refspec").ok())
+        .map(|s| s.to_string())
+}
+
+/// Kernel arguments of a deployment's boot entry, as written (including
+/// libostree's own `ostree=`).
+pub fn deployment_kargs(d: &ostree::Deployment) -> Vec<String> {
+    d.bootconfig()
+        .and_then(|b| b.get("options"))
+        .map(|o| crate::kargs::split(&o))
+        .unwrap_or_default()
+}
+
+/// Version and timestamp of a commit present in `repo`.
+pub fn commit_info(repo: &ostree::Repo, checksum: &str) -> Result<CommitInfo> {
+    let (commit, _) = repo
+        .load_commit(checksum)
+        .with_context(|| format!("loading commit {checksum}"))?;
+    Ok(CommitInfo {
+        checksum: checksum.to_string(),
+        version: commit_meta_string(&commit, "version"),
+        timestamp: ostree::commit_get_timestamp(&commit),
+    })
+}
+
+pub fn commit_metadata(commit: &glib::Variant) -> glib::VariantDict {
+    glib::VariantDict::new(Some(&commit.child_value(0)))
+}
+
+pub fn commit_meta_string(commit: &glib::Variant, key: &str) -> Option<String> {
+    commit_metadata(commit).lookup::<String>(key).ok().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn stateroot_choice() {
+        assert_eq!(
+            choose_stateroot(None, None, &names(&["debian"])).unwrap(),
+            "debian"
+        );
+        assert_eq!(
+            choose_stateroot(None, Some("b"), &names(&["a", "b"])).unwrap(),
+            "b"
+        );
+        assert_eq!(
+            choose_stateroot(Some("a"), Some("b"), &names(&["a", "b"])).unwrap(),
+            "a"
+        );
+        let e = choose_stateroot(None, None, &names(&["a", "b"])).unwrap_err();
+        assert!(e.to_string().contains("--stateroot"), "{e}");
+        assert!(choose_stateroot(None, None, &[]).is_err());
+        let e = choose_stateroot(Some("x"), None, &names(&["a"])).unwrap_err();
+        assert!(e.to_string().contains("\"x\""), "{e}");
+    }
+}

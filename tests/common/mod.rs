@@ -1,0 +1,479 @@
+//! Shared fixtures for the integration tests: sysroots on loop-mounted ext4
+//! images (deploying freezes the filesystem holding /boot, which must never
+//! be the test machine's own), test commits, and a sysroot fingerprint.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+
+/// Run a command and return its stdout, panicking with its stderr on failure.
+pub fn sh(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An ext4 filesystem in a sparse image file, loop-mounted; unmounted and
+/// detached on drop, also when the test panicked.
+pub struct LoopMount {
+    pub mountpoint: PathBuf,
+    loopdev: String,
+    _dir: tempfile::TempDir,
+}
+
+impl LoopMount {
+    pub fn new(size_mb: u64) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("hostctl-test-")
+            .tempdir()
+            .expect("tempdir");
+        let image = dir.path().join("disk.img");
+        let f = fs::File::create(&image).expect("create image");
+        f.set_len(size_mb << 20).expect("size image");
+        drop(f);
+        sh(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&image));
+        let loopdev = sh(Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&image))
+        .trim()
+        .to_string();
+        let mountpoint = dir.path().join("mnt");
+        fs::create_dir(&mountpoint).expect("mountpoint");
+        let mounted = Command::new("mount")
+            .arg(&loopdev)
+            .arg(&mountpoint)
+            .status()
+            .expect("mount");
+        if !mounted.success() {
+            let _ = Command::new("losetup").arg("-d").arg(&loopdev).status();
+            panic!("mounting {loopdev} on {}", mountpoint.display());
+        }
+        LoopMount {
+            mountpoint,
+            loopdev,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for LoopMount {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.mountpoint)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.mountpoint)
+                .status();
+        }
+        let _ = Command::new("losetup")
+            .arg("-d")
+            .arg(&self.loopdev)
+            .status();
+    }
+}
+
+/// Files of a test tree, relative to its root, with their contents. Paths
+/// are those of an ordinary root filesystem (`etc/...`); compose moves them
+/// into the layout libostree deploys.
+pub type Files = BTreeMap<String, String>;
+
+/// A small host tree: /etc defaults, a tool in /usr/bin, a (fake) kernel and
+/// initramfs under /usr/lib/modules, and the merged-/usr links.
+pub fn base_files(version: &str) -> Files {
+    let mut f = Files::new();
+    let mut put = |p: &str, c: &str| {
+        f.insert(p.to_string(), c.to_string());
+    };
+    put("etc/passwd", "root:x:0:0:root:/root:/bin/sh\n");
+    put("etc/group", "root:x:0:\n");
+    put(
+        "etc/os-release",
+        &format!("ID=debian\nNAME=\"Test host\"\nVERSION_ID={version}\n"),
+    );
+    put("etc/app/app.conf", "setting=1\n");
+    put("etc/app/keep.conf", "keep=default\n");
+    put("etc/motd", "welcome\n");
+    put("usr/bin/tool", &format!("#!/bin/sh\necho tool {version}\n"));
+    put(
+        "usr/lib/modules/6.1.0-test/vmlinuz",
+        "fake kernel 6.1.0-test\n",
+    );
+    put(
+        "usr/lib/modules/6.1.0-test/initramfs.img",
+        "fake initramfs\n",
+    );
+    put("usr/share/doc/test/README", "docs\n");
+    f
+}
+
+fn write_tree(root: &Path, files: &Files) {
+    for (rel, content) in files {
+        let p = root.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, content).unwrap();
+        if rel.starts_with("usr/bin/") {
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+    for d in ["var", "usr/sbin", "usr/lib"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    for (link, target) in [("bin", "usr/bin"), ("lib", "usr/lib"), ("sbin", "usr/sbin")] {
+        std::os::unix::fs::symlink(target, root.join(link)).unwrap();
+    }
+}
+
+/// A build-side archive repository that test commits go into.
+pub struct BuildRepo {
+    pub path: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl BuildRepo {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("hostctl-repo-")
+            .tempdir()
+            .unwrap();
+        let path = dir.path().join("repo");
+        BuildRepo { path, dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("file://{}", self.path.display())
+    }
+
+    /// Compose `files` onto `branch` with `hostctl compose tree`, committed
+    /// at `timestamp` (SOURCE_DATE_EPOCH). The version comes from
+    /// `automatic-version-prefix`, so `version` must be the next `PREFIX.N`
+    /// of the branch; returns the checksum.
+    pub fn commit(&self, branch: &str, version: &str, timestamp: u64, files: &Files) -> String {
+        let (prefix, _) = version.rsplit_once('.').expect("version PREFIX.N");
+        let work = tempfile::tempdir_in(self.dir.path()).unwrap();
+        let tree = work.path().join("tree");
+        write_tree(&tree, files);
+        let treefile = work.path().join("host.toml");
+        fs::write(
+            &treefile,
+            format!(
+                "ref = \"{branch}\"\nbase = \"tree\"\nautomatic-version-prefix = \"{prefix}\"\n"
+            ),
+        )
+        .unwrap();
+        let idfile = work.path().join("commitid");
+        sh(Command::new(hostctl_bin())
+            .args(["compose", "tree", "--repo"])
+            .arg(&self.path)
+            .arg("--write-commitid-to")
+            .arg(&idfile)
+            .arg(&treefile)
+            .env("SOURCE_DATE_EPOCH", timestamp.to_string()));
+        let checksum = fs::read_to_string(&idfile).unwrap().trim().to_string();
+        let got = sh(Command::new("ostree")
+            .arg(format!("--repo={}", self.path.display()))
+            .args(["show", "--print-metadata-key=version", &checksum]));
+        assert_eq!(
+            got.trim(),
+            format!("'{version}'"),
+            "compose chose another version"
+        );
+        checksum
+    }
+
+    /// Commit with the ostree CLI instead, for metadata compose from local
+    /// inputs cannot write (a package list, `a(sss)`). `files` must already
+    /// be in the deployable layout (`usr/etc`).
+    pub fn commit_raw(
+        &self,
+        branch: &str,
+        version: &str,
+        timestamp: u64,
+        files: &Files,
+        metadata: &[&str],
+    ) -> String {
+        if !self.path.exists() {
+            sh(Command::new("ostree")
+                .arg(format!("--repo={}", self.path.display()))
+                .args(["init", "--mode=archive"]));
+        }
+        let tree = tempfile::tempdir().unwrap();
+        write_tree(tree.path(), files);
+        let mut cmd = Command::new("ostree");
+        cmd.arg(format!("--repo={}", self.path.display()))
+            .arg("commit")
+            .arg(format!("--branch={branch}"))
+            .arg(format!("--tree=dir={}", tree.path().display()))
+            .arg(format!("--add-metadata-string=version={version}"))
+            .arg(format!("--timestamp=@{timestamp}"));
+        for m in metadata {
+            cmd.arg(format!("--add-metadata={m}"));
+        }
+        sh(&mut cmd).trim().to_string()
+    }
+}
+
+/// `base_files` moved into the layout libostree deploys, for `commit_raw`.
+pub fn deployable(files: &Files) -> Files {
+    files
+        .iter()
+        .map(|(k, v)| match k.strip_prefix("etc/") {
+            Some(rest) => (format!("usr/etc/{rest}"), v.clone()),
+            None => (k.clone(), v.clone()),
+        })
+        .collect()
+}
+
+pub fn hostctl_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_hostctl")
+}
+
+/// Run hostctl against `sysroot`.
+pub fn hostctl(sysroot: &Path, args: &[&str]) -> Output {
+    Command::new(hostctl_bin())
+        .arg("--sysroot")
+        .arg(sysroot)
+        .args(args)
+        .output()
+        .expect("running hostctl")
+}
+
+/// Run hostctl and require success, returning stdout.
+pub fn hostctl_ok(sysroot: &Path, args: &[&str]) -> String {
+    let out = hostctl(sysroot, args);
+    assert!(
+        out.status.success(),
+        "hostctl {args:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn status_json(sysroot: &Path) -> serde_json::Value {
+    serde_json::from_str(&hostctl_ok(sysroot, &["status", "--json"])).expect("status JSON")
+}
+
+/// One deployment line of `ostree admin status`: (osname, checksum, serial).
+#[derive(Debug, PartialEq, Eq)]
+pub struct AdminEntry {
+    pub osname: String,
+    pub checksum: String,
+    pub serial: i64,
+    pub version: Option<String>,
+    pub refspec: Option<String>,
+    pub pinned: bool,
+}
+
+/// `ostree admin status` parsed: an independent view of the deployments.
+pub fn ostree_admin_status(sysroot: &Path) -> Vec<AdminEntry> {
+    let text = sh(Command::new("ostree")
+        .args(["admin", "status"])
+        .arg(format!("--sysroot={}", sysroot.display())));
+    let mut out: Vec<AdminEntry> = Vec::new();
+    for line in text.lines() {
+        let trimmed = line.trim_start_matches(['*', ' ']);
+        if !line.starts_with("    ") && !trimmed.is_empty() {
+            let mut words = trimmed.split_whitespace();
+            let osname = words.next().unwrap().to_string();
+            let id = words.next().unwrap();
+            let (checksum, serial) = id.rsplit_once('.').unwrap();
+            out.push(AdminEntry {
+                osname,
+                checksum: checksum.to_string(),
+                serial: serial.parse().unwrap(),
+                version: None,
+                refspec: None,
+                pinned: false,
+            });
+        } else if let Some(last) = out.last_mut() {
+            let l = line.trim();
+            if let Some(v) = l.strip_prefix("Version: ") {
+                last.version = Some(v.to_string());
+            } else if let Some(r) = l.strip_prefix("origin refspec: ") {
+                last.refspec = Some(r.to_string());
+            } else if l == "Pinned: yes" {
+                last.pinned = true;
+            }
+        }
+    }
+    out
+}
+
+/// Directory of deployment `index` (boot order) as `ostree admin status` sees it.
+pub fn deployment_dir(sysroot: &Path, entry: &AdminEntry) -> PathBuf {
+    sysroot.join(format!(
+        "ostree/deploy/{}/deploy/{}.{}",
+        entry.osname, entry.checksum, entry.serial
+    ))
+}
+
+/// BLS entries of the current boot loader configuration, sorted so that the
+/// first is the default (libostree numbers the default highest).
+pub fn bls_entries(sysroot: &Path) -> Vec<BTreeMap<String, String>> {
+    let dir = sysroot.join("boot/loader/entries");
+    let mut entries: Vec<(i64, BTreeMap<String, String>)> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|e| {
+            let text = fs::read_to_string(e.unwrap().path()).unwrap();
+            let map: BTreeMap<String, String> = text
+                .lines()
+                .filter_map(|l| l.split_once(' '))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let version = map["version"].parse::<i64>().unwrap();
+            (version, map)
+        })
+        .collect();
+    entries.sort_by_key(|e| std::cmp::Reverse(e.0));
+    entries.into_iter().map(|(_, m)| m).collect()
+}
+
+/// Every path under `root` with its type, mode, owner and content hash (or
+/// link target). Directory timestamps are left out on purpose: a lookup that
+/// creates and removes a temporary file changes a directory's mtime without
+/// changing anything a boot or an operator sees. `ostree/lock` is left out
+/// for the same reason (it is the empty lock file, created on first use).
+pub fn fingerprint(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for entry in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
+        let entry = entry.unwrap();
+        let rel = entry
+            .path()
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        if rel == "ostree/lock" || rel == "lost+found" {
+            continue;
+        }
+        let md = entry.path().symlink_metadata().unwrap();
+        let ft = md.file_type();
+        let what = if ft.is_symlink() {
+            format!("link -> {}", fs::read_link(entry.path()).unwrap().display())
+        } else if ft.is_dir() {
+            "dir".to_string()
+        } else if ft.is_file() {
+            let mut h = Sha256::new();
+            let mut f = fs::File::open(entry.path()).unwrap();
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = f.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            format!("file {}", hex::encode(h.finalize()))
+        } else {
+            "other".to_string()
+        };
+        out.insert(
+            rel,
+            format!(
+                "{what} mode={:o} uid={} gid={}",
+                md.mode(),
+                md.uid(),
+                md.gid()
+            ),
+        );
+    }
+    out
+}
+
+/// The part of a fingerprint that decides what boots and how: deployments
+/// (with their origin files and /etc), /var, /boot. The repository is left
+/// out: an interrupted pull may leave objects staged under `ostree/repo/tmp`
+/// for a later resume; nothing refers to them.
+pub fn boot_state(fp: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    fp.iter()
+        .filter(|(k, _)| !k.starts_with("ostree/repo"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Assert two fingerprints are equal, listing what differs.
+pub fn assert_same(
+    before: &BTreeMap<String, String>,
+    after: &BTreeMap<String, String>,
+    what: &str,
+) {
+    let mut diffs = Vec::new();
+    for (k, v) in before {
+        match after.get(k) {
+            None => diffs.push(format!("removed {k}")),
+            Some(a) if a != v => diffs.push(format!("changed {k}: {v} -> {a}")),
+            _ => {}
+        }
+    }
+    for k in after.keys().filter(|k| !before.contains_key(*k)) {
+        diffs.push(format!("added {k}"));
+    }
+    assert!(
+        diffs.is_empty(),
+        "{what} changed the sysroot:\n{}",
+        diffs.join("\n")
+    );
+}
+
+/// A sysroot on its own loop-mounted filesystem plus a build repository.
+pub struct Fixture {
+    pub build: BuildRepo,
+    pub disk: LoopMount,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        Self::with_size(512)
+    }
+
+    pub fn with_size(mb: u64) -> Self {
+        Fixture {
+            build: BuildRepo::new(),
+            disk: LoopMount::new(mb),
+        }
+    }
+
+    pub fn sysroot(&self) -> &Path {
+        &self.disk.mountpoint
+    }
+
+    pub fn install(&self, branch: &str, kargs: &[&str]) -> String {
+        let url = self.build.url();
+        let mut args = vec!["install", "--repo", &url, "--ref", branch];
+        for k in kargs {
+            args.push("--karg");
+            args.push(k);
+        }
+        hostctl_ok(self.sysroot(), &args)
+    }
+
+    pub fn admin_status(&self) -> Vec<AdminEntry> {
+        ostree_admin_status(self.sysroot())
+    }
+
+    pub fn default_dir(&self) -> PathBuf {
+        deployment_dir(self.sysroot(), &self.admin_status()[0])
+    }
+}
