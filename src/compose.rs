@@ -9,13 +9,25 @@ use ostree::glib;
 
 use crate::cli::ComposeTreeArgs;
 use crate::treefile::{self, Treefile};
-use crate::{commit, inputhash, postprocess, repo, rootfs, version, Outcome};
+use crate::{commit, inputhash, packages, pkgdiff, postprocess, repo, rootfs, version, Outcome};
 
 pub fn run(args: &ComposeTreeArgs) -> Result<Outcome> {
     let tf = treefile::load(&args.treefile)?;
     check_inputs(&tf)?;
 
-    let hash = inputhash::local_inputs(&tf)?.finish();
+    let cachedir = args
+        .cachedir
+        .clone()
+        .unwrap_or_else(packages::default_cachedir);
+    let mut hasher = inputhash::local_inputs(&tf)?;
+    // The package set as the mirror offers it now: a new version of any
+    // package in the tree is a new input.
+    let resolved = packages::resolve(&tf, &cachedir)?;
+    if !resolved.is_empty() {
+        hasher.field(b"packages");
+        hasher.field(resolved.as_bytes());
+    }
+    let hash = hasher.finish();
     if let Some(unchanged) = unchanged_head(&args.repo, &tf.refname, &hash)? {
         if !args.force_nocache {
             eprintln!(
@@ -39,7 +51,7 @@ pub fn run(args: &ComposeTreeArgs) -> Result<Outcome> {
     fs::set_permissions(&tree, fs::Permissions::from_mode(0o755))
         .with_context(|| format!("setting mode of {}", tree.display()))?;
 
-    build_tree(&tf, &tree)?;
+    let installed = build_tree(&tf, &tree, &cachedir)?;
 
     let repo = repo::open_or_create_archive(&args.repo)?;
     let parent = repo::ref_head(&repo, &tf.refname)?;
@@ -58,6 +70,9 @@ pub fn run(args: &ComposeTreeArgs) -> Result<Outcome> {
         metadata.insert(k, v);
     }
     metadata.insert(inputhash::METADATA_KEY, &hash);
+    if !installed.is_empty() {
+        metadata.insert_value(pkgdiff::METADATA_KEY, &pkgdiff::to_variant(&installed));
+    }
 
     let subject = match &version_str {
         Some(v) => format!("{} {v}", tf.refname),
@@ -95,14 +110,13 @@ pub fn run(args: &ComposeTreeArgs) -> Result<Outcome> {
 }
 
 /// Every step between the inputs and a tree libostree can deploy, in order.
-pub fn build_tree(tf: &Treefile, tree: &Path) -> Result<()> {
+/// Returns the installed Debian packages (empty for a tree without dpkg).
+pub fn build_tree(tf: &Treefile, tree: &Path, cachedir: &Path) -> Result<Vec<packages::Package>> {
     if tf.base.is_some() {
         eprintln!("Populating the tree from the base");
     }
     rootfs::populate_base(tf, tree)?;
-    if !tf.packages.is_empty() || !tf.local_packages.is_empty() {
-        bail!("treefile key `packages`: composing from Debian packages is not implemented yet");
-    }
+    packages::install(tf, tree, cachedir)?;
     if !tf.overlays.is_empty() {
         eprintln!("Applying {} overlay(s)", tf.overlays.len());
     }
@@ -110,8 +124,10 @@ pub fn build_tree(tf: &Treefile, tree: &Path) -> Result<()> {
     rootfs::remove_files(tf, tree)?;
     postprocess::run_scripts(tf, tree)?;
     postprocess::enable_units(tf, tree)?;
+    let installed = packages::finalize(tf, tree)?;
     eprintln!("Converting the tree to the OSTree layout");
-    postprocess::ostree_layout(tree)
+    postprocess::ostree_layout(tree)?;
+    Ok(installed)
 }
 
 /// Fail before any work when a named input is missing.

@@ -12,11 +12,13 @@ use ostree::glib;
 
 use crate::bootloader;
 use crate::cli::{
-    CleanupArgs, DeployArgs, InstallArgs, KargsArgs, PinArgs, RebaseArgs, StatusArgs, UpgradeArgs,
+    CleanupArgs, DbDiffArgs, DeployArgs, InstallArgs, KargsArgs, PinArgs, RebaseArgs, StatusArgs,
+    UpgradeArgs,
 };
 use crate::fetch;
 use crate::kargs::{self, Edit};
 use crate::origin::Refspec;
+use crate::pkgdiff;
 use crate::plan::{self, CommitInfo, Decision};
 use crate::status;
 use crate::sysroot::{self, commit_info, origin_refspec, Host};
@@ -401,27 +403,10 @@ fn print_preview(
         }
     }
     match (
-        fetch::commit_packages(old_repo, old)?,
-        fetch::commit_packages(new_repo, new)?,
+        pkgdiff::recorded_packages(old_repo, old)?,
+        pkgdiff::recorded_packages(new_repo, new)?,
     ) {
-        (Some(o), Some(n)) => {
-            let d = plan::diff_packages(&o, &n);
-            println!(
-                "Packages: {} added, {} removed, {} changed",
-                d.added.len(),
-                d.removed.len(),
-                d.changed.len()
-            );
-            for (name, version, arch) in &d.added {
-                println!("  + {name}:{arch} {version}");
-            }
-            for (name, version, arch) in &d.removed {
-                println!("  - {name}:{arch} {version}");
-            }
-            for (name, from, to) in &d.changed {
-                println!("  ~ {name} {from} -> {to}");
-            }
-        }
+        (Some(o), Some(n)) => print!("{}", pkgdiff::render(&pkgdiff::diff(&o, &n))),
         _ => println!("Packages: not recorded in both commits"),
     }
     Ok(())
@@ -572,5 +557,40 @@ pub fn cleanup(t: &Target, args: &CleanupArgs) -> Result<Outcome> {
             .with_context(|| format!("cleaning up {}", host.path.display()))?;
     }
     println!("Pruned objects no deployment or ref uses.");
+    Ok(Outcome::Done)
+}
+
+/// `hostctl db diff` between deployments of a host. FROM and TO are
+/// deployment indices as `hostctl status` shows them, or checksum prefixes;
+/// by default FROM is the booted deployment (on an unbooted sysroot, the
+/// rollback one) and TO the default one, i.e. what the next boot changes.
+pub fn db_diff(t: &Target, args: &DbDiffArgs) -> Result<Outcome> {
+    let host = sysroot::open_unlocked_any(t.sysroot, t.stateroot)?;
+    let deps = host.deployments();
+    if deps.is_empty() {
+        bail!("{} has no deployments", host.path.display());
+    }
+    let pick = |arg: Option<&str>, default: Option<usize>, what: &str| -> Result<usize> {
+        match arg {
+            Some(a) => plan::find_deployment(&deps.iter().map(|d| d.csum().to_string()).collect::<Vec<_>>(), a)
+                .map_err(|e| anyhow::anyhow!("db diff: {what} `{a}` {e}")),
+            None => default.with_context(|| {
+                format!("db diff: no {what} deployment by default; name one (an index from `hostctl status` or a checksum)")
+            }),
+        }
+    };
+    let booted = deps.iter().position(|d| host.is_booted_deployment(d));
+    let from = pick(
+        args.from.as_deref(),
+        booted.or((deps.len() > 1).then_some(1)),
+        "FROM",
+    )?;
+    let to = pick(args.to.as_deref(), (from != 0).then_some(0), "TO")?;
+    let repo = host.repo();
+    let (a, b) = (deps[from].csum(), deps[to].csum());
+    let old = pkgdiff::packages_of_commit(&repo, &a)?;
+    let new = pkgdiff::packages_of_commit(&repo, &b)?;
+    println!("Deployment {from} ({a}) -> deployment {to} ({b}):");
+    print!("{}", pkgdiff::render(&pkgdiff::diff(&old, &new)));
     Ok(Outcome::Done)
 }

@@ -12,8 +12,8 @@ use ostree::glib;
 use ostree::prelude::*;
 
 use crate::origin::Refspec;
-use crate::plan::{CommitInfo, FileMap, Package};
-use crate::sysroot::{commit_info, commit_metadata};
+use crate::plan::{CommitInfo, FileMap};
+use crate::sysroot::commit_info;
 
 const PROBE_REMOTE: &str = "probe";
 
@@ -218,16 +218,4 @@ fn walk(repo: &ostree::Repo, tree_csum: &str, prefix: &str, out: &mut FileMap) -
         walk(repo, &sub, &format!("{prefix}/{name}"), out)?;
     }
     Ok(())
-}
-
-/// The package list a Debian compose records, if the commit has one.
-pub fn commit_packages(repo: &ostree::Repo, commit: &str) -> Result<Option<Vec<Package>>> {
-    let (c, _) = repo
-        .load_commit(commit)
-        .with_context(|| format!("loading commit {commit}"))?;
-    commit_metadata(&c)
-        .lookup::<Vec<Package>>("hostctl.packages")
-        .with_context(|| {
-            format!("commit {commit}: metadata hostctl.packages is not of type a(sss)")
-        })
 }

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use hostctl::cli::{Cli, Command, ComposeCmd, ImageCmd, InternalCmd};
+use hostctl::cli::{Cli, Command, ComposeCmd, DbCmd, ImageCmd, InternalCmd};
 use hostctl::deploy::{self, Target};
 use hostctl::Outcome;
 
@@ -45,24 +45,16 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Internal(InternalCmd::PublishEntries(args)) => {
             hostctl::bootloader::cli::publish_entries(&cli.sysroot, args)
         }
-        other => anyhow::bail!("{} is not implemented yet", command_name(other)),
-    }
-}
-
-fn command_name(c: &Command) -> &'static str {
-    match c {
-        Command::Compose(_) => "compose",
-        Command::Install(_) => "install",
-        Command::Status(_) => "status",
-        Command::Upgrade(_) => "upgrade",
-        Command::Rollback => "rollback",
-        Command::Deploy(_) => "deploy",
-        Command::Rebase(_) => "rebase",
-        Command::Kargs(_) => "kargs",
-        Command::Pin(_) => "pin",
-        Command::Cleanup(_) => "cleanup",
-        Command::Db(_) => "db",
-        Command::Image(_) => "image",
-        Command::Internal(_) => "internal",
+        Command::Db(DbCmd::Diff(args)) => match &args.repo {
+            Some(repo) => {
+                let text =
+                    hostctl::pkgdiff::repo_diff(repo, args.from.as_deref(), args.to.as_deref())?;
+                print!("{text}");
+                Ok(Outcome::Done)
+            }
+            // Host mode: the lists come from the booted and the pending
+            // deployment's commits; pkgdiff::diff and render stay the same.
+            None => deploy::db_diff(&t, args),
+        },
     }
 }

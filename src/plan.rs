@@ -192,38 +192,23 @@ pub fn diff_files(old: &FileMap, new: &FileMap) -> TreeDiff {
     d
 }
 
-/// A package as commit metadata `hostctl.packages` lists it.
-pub type Package = (String, String, String);
-
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct PackageDiff {
-    pub added: Vec<Package>,
-    pub removed: Vec<Package>,
-    /// (name/arch, old version, new version)
-    pub changed: Vec<(String, String, String)>,
-}
-
-/// Packages keyed by name and architecture, so a multiarch package is two.
-/// Versions are only compared for equality here; ordering them (upgrade or
-/// downgrade) is Debian's version comparison, which lives elsewhere.
-pub fn diff_packages(old: &[Package], new: &[Package]) -> PackageDiff {
-    let key = |p: &Package| format!("{}:{}", p.0, p.2);
-    let old_map: BTreeMap<String, &Package> = old.iter().map(|p| (key(p), p)).collect();
-    let new_map: BTreeMap<String, &Package> = new.iter().map(|p| (key(p), p)).collect();
-    let mut d = PackageDiff::default();
-    for (k, p) in &new_map {
-        match old_map.get(k) {
-            None => d.added.push((*p).clone()),
-            Some(o) if o.1 != p.1 => d.changed.push((k.clone(), o.1.clone(), p.1.clone())),
-            Some(_) => {}
+/// A deployment named by its index or a unique checksum prefix.
+pub fn find_deployment(checksums: &[String], arg: &str) -> Result<usize, String> {
+    if let Ok(i) = arg.parse::<usize>() {
+        if i < checksums.len() {
+            return Ok(i);
         }
     }
-    d.removed = old_map
-        .iter()
-        .filter(|(k, _)| !new_map.contains_key(*k))
-        .map(|(_, p)| (*p).clone())
+    let hits: Vec<usize> = (0..checksums.len())
+        .filter(|&i| arg.len() >= 4 && checksums[i].starts_with(arg))
         .collect();
-    d
+    match hits.as_slice() {
+        [i] => Ok(*i),
+        [] => {
+            Err("matches no deployment index or checksum (prefixes need 4+ characters)".to_string())
+        }
+        _ => Err("matches several deployments; give more of the checksum".to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -245,6 +230,16 @@ mod tests {
             staged,
             pinned,
         }
+    }
+
+    #[test]
+    fn finds_deployments_by_index_or_prefix() {
+        let c = vec!["abcd1234".to_string(), "abce9999".to_string()];
+        assert_eq!(find_deployment(&c, "1"), Ok(1));
+        assert_eq!(find_deployment(&c, "abce"), Ok(1));
+        assert!(find_deployment(&c, "abc").is_err());
+        assert!(find_deployment(&c, "5").is_err());
+        assert!(find_deployment(&c, "ffff").is_err());
     }
 
     #[test]
@@ -373,31 +368,5 @@ mod tests {
         assert_eq!(d.added, vec!["usr/d"]);
         assert_eq!(d.removed, vec!["usr/c"]);
         assert_eq!(d.modified, vec!["usr/b"]);
-    }
-
-    #[test]
-    fn package_diff_by_name_and_arch() {
-        let p = |n: &str, v: &str, a: &str| (n.to_string(), v.to_string(), a.to_string());
-        let old = vec![
-            p("bash", "5.2-1", "amd64"),
-            p("libc6", "2.36-9", "amd64"),
-            p("gone", "1", "all"),
-        ];
-        let new = vec![
-            p("bash", "5.2-1", "amd64"),
-            p("libc6", "2.36-9+deb12u4", "amd64"),
-            p("libc6", "2.36-9+deb12u4", "i386"),
-        ];
-        let d = diff_packages(&old, &new);
-        assert_eq!(d.added, vec![p("libc6", "2.36-9+deb12u4", "i386")]);
-        assert_eq!(d.removed, vec![p("gone", "1", "all")]);
-        assert_eq!(
-            d.changed,
-            vec![(
-                "libc6:amd64".to_string(),
-                "2.36-9".to_string(),
-                "2.36-9+deb12u4".to_string()
-            )]
-        );
     }
 }

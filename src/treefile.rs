@@ -40,6 +40,8 @@ pub struct RawTreefile {
     pub local_packages: Option<Vec<PathBuf>>,
     /// Put the `hostctl` binary running the compose and its units into the tree.
     pub install_hostctl: Option<bool>,
+    /// mmdebstrap variant: the package set installed besides `packages`.
+    pub variant: Option<String>,
 }
 
 /// The flattened treefile: includes resolved, paths absolute, defaults applied.
@@ -65,6 +67,7 @@ pub struct Treefile {
     pub architecture: Option<String>,
     pub local_packages: Vec<PathBuf>,
     pub install_hostctl: bool,
+    pub variant: Option<String>,
 }
 
 pub const DEFAULT_SUITE: &str = "bookworm";
@@ -160,8 +163,20 @@ fn validate(path: &Path, text: &str, raw: &RawTreefile) -> Result<()> {
             return Err(err("packages", format!("`{p}` is not a package name")));
         }
     }
+    if let Some(v) = &raw.variant {
+        if !VARIANTS.contains(&v.as_str()) {
+            return Err(err(
+                "variant",
+                format!("`{v}` is not one of {}", VARIANTS.join(", ")),
+            ));
+        }
+    }
     Ok(())
 }
+
+/// mmdebstrap variants a treefile may name (those defined by Essential and
+/// Priority fields, which `packages::resolve` can reproduce).
+pub const VARIANTS: &[&str] = &["essential", "required", "minbase", "important", "standard"];
 
 fn is_unit_name(u: &str) -> bool {
     const SUFFIXES: &[&str] = &[
@@ -221,6 +236,7 @@ pub fn merge(included: RawTreefile, top: RawTreefile) -> RawTreefile {
         architecture: top.architecture.or(included.architecture),
         local_packages: list(included.local_packages, top.local_packages),
         install_hostctl: top.install_hostctl.or(included.install_hostctl),
+        variant: top.variant.or(included.variant),
     }
 }
 
@@ -290,6 +306,7 @@ fn finish(path: &Path, raw: RawTreefile, sources: Vec<PathBuf>) -> Result<Treefi
         architecture: raw.architecture,
         local_packages: raw.local_packages.unwrap_or_default(),
         install_hostctl: raw.install_hostctl.unwrap_or(false),
+        variant: raw.variant,
     })
 }
 

@@ -567,15 +567,33 @@ fn preview_lists_package_changes_and_new_system_users_survive_a_local_passwd() {
         &["hostctl.packages=[('bash', '5.2-2', 'amd64'), ('newpkg', '1.0', 'amd64')]"],
     );
     let out = hostctl_ok(fx.sysroot(), &["upgrade", "--preview"]);
-    assert!(out.contains("+ newpkg:amd64 1.0"), "{out}");
-    assert!(out.contains("- gone:all 1"), "{out}");
-    assert!(out.contains("~ bash:amd64 5.2-1 -> 5.2-2"), "{out}");
+    assert!(out.contains("Added (1):\n  newpkg 1.0 amd64"), "{out}");
+    assert!(out.contains("Removed (1):\n  gone 1 all"), "{out}");
+    assert!(
+        out.contains("Upgraded (1):\n  bash 5.2-1 -> 5.2-2 amd64"),
+        "{out}"
+    );
     assert!(out.contains("A /usr/lib/sysusers.d/newpkg.conf"), "{out}");
 
     hostctl_ok(fx.sysroot(), &["upgrade"]);
     let passwd = fs::read_to_string(fx.default_dir().join("etc/passwd")).unwrap();
     assert!(passwd.contains("alice:x:1000"), "{passwd}");
     assert!(passwd.lines().any(|l| l.starts_with("newsvc:")), "{passwd}");
+
+    // The same changes, now between the two deployments (rollback -> default),
+    // and reversed when asked the other way round.
+    let db = hostctl_ok(fx.sysroot(), &["db", "diff"]);
+    assert!(db.contains("Added (1):\n  newpkg 1.0 amd64"), "{db}");
+    assert!(
+        db.contains("Upgraded (1):\n  bash 5.2-1 -> 5.2-2 amd64"),
+        "{db}"
+    );
+    let back = hostctl_ok(fx.sysroot(), &["db", "diff", "0", "1"]);
+    assert!(
+        back.contains("Downgraded (1):\n  bash 5.2-2 -> 5.2-1 amd64"),
+        "{back}"
+    );
+    assert!(back.contains("Removed (1):\n  newpkg 1.0 amd64"), "{back}");
 }
 
 #[test]

@@ -1,0 +1,519 @@
+//! Composes of real Debian packages from the mirror configured in apt,
+//! checked with independent tools (`ostree`, `lsinitrd`, `dpkg-query`,
+//! `systemd-sysusers`). Downloads are cached in /var/cache/hostctl-test (or
+//! $HOSTCTL_TEST_CACHE) so reruns do not download again; trees are built under
+//! /var/tmp (not a small tmpfs).
+//!
+//! Needs root (mmdebstrap root mode, chroot, mounts) and network access to the
+//! Debian mirror.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use hostctl::packages::{self, Package};
+use hostctl::treefile;
+
+const REF: &str = "debian/12/x86_64/minimal";
+
+fn cachedir() -> PathBuf {
+    std::env::var_os("HOSTCTL_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/hostctl-test"))
+}
+
+fn scratch() -> tempfile::TempDir {
+    std::fs::create_dir_all("/var/tmp").unwrap();
+    tempfile::Builder::new()
+        .prefix("hostctl-debian-test-")
+        .tempdir_in("/var/tmp")
+        .unwrap()
+}
+
+fn src(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn hostctl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hostctl"))
+}
+
+fn compose(repo: &Path, work: &Path, treefile: &Path) -> Output {
+    run(hostctl()
+        .args(["compose", "tree", "--unchanged-exit-77", "--repo"])
+        .arg(repo)
+        .arg("--cachedir")
+        .arg(cachedir())
+        .arg("--workdir")
+        .arg(work)
+        .arg(treefile))
+}
+
+fn ostree(repo: &Path) -> Command {
+    let mut c = Command::new("ostree");
+    c.arg(format!("--repo={}", repo.display()));
+    c
+}
+
+/// Parse the GVariant text of an `a(sss)` value as printed by `ostree show`.
+fn parse_sss_list(text: &str) -> Vec<Package> {
+    let mut out = Vec::new();
+    for tuple in text.split("('").skip(1) {
+        let fields: Vec<&str> = tuple.splitn(3, "', '").collect();
+        let arch = fields[2].split('\'').next().unwrap();
+        out.push(Package {
+            name: fields[0].to_string(),
+            version: fields[1].to_string(),
+            arch: arch.to_string(),
+        });
+    }
+    out.sort();
+    out
+}
+
+/// dpkg-query's view of a checked-out tree's package database.
+fn dpkg_query(root: &Path) -> Vec<Package> {
+    let out = ok(Command::new("dpkg-query")
+        .arg(format!(
+            "--admindir={}",
+            root.join("usr/lib/sysimage/dpkg").display()
+        ))
+        .args([
+            "-W",
+            "-f=${db:Status-Abbrev}|${Package}|${Version}|${Architecture}\\n",
+        ]));
+    let mut v: Vec<Package> = out
+        .lines()
+        .filter(|l| l.starts_with("ii"))
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            Package {
+                name: f[1].into(),
+                version: f[2].into(),
+                arch: f[3].into(),
+            }
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn checkout(repo: &Path, rev: &str, dest: &Path) {
+    ok(ostree(repo)
+        .args(["checkout", "-U", "--force-copy", rev])
+        .arg(dest));
+}
+
+/// The whole reference treefile: compose, no-op recompose, one more package,
+/// `db diff`; every property checked with tools other than hostctl.
+#[test]
+fn minimal_host_composes_boots_pieces_and_diffs() {
+    let t = scratch();
+    let repo = t.path().join("repo");
+    let minimal = src("treefiles/debian-minimal.toml");
+
+    let started = Instant::now();
+    let out = compose(&repo, t.path(), &minimal);
+    assert!(
+        out.status.success(),
+        "compose failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("first compose: {:?}", started.elapsed());
+    let head1 = ok(ostree(&repo).args(["rev-parse", REF]))
+        .trim()
+        .to_string();
+
+    // Kernel and initramfs where libostree deploys them from.
+    let modules = ok(ostree(&repo).args(["ls", REF, "/usr/lib/modules"]));
+    let kvers: Vec<&str> = modules
+        .lines()
+        .filter(|l| l.starts_with('d'))
+        .filter_map(|l| l.rsplit('/').next())
+        .filter(|k| !k.is_empty() && *k != "modules")
+        .collect();
+    assert_eq!(kvers.len(), 1, "exactly one kernel: {modules}");
+    let kver = kvers[0].to_string();
+    let kdir = format!("/usr/lib/modules/{kver}");
+    let listing = ok(ostree(&repo).args(["ls", REF, &kdir]));
+    for f in ["vmlinuz", "initramfs.img"] {
+        assert!(
+            listing.lines().any(|l| l.ends_with(&format!("{kdir}/{f}"))),
+            "{f} missing in {kdir}: {listing}"
+        );
+    }
+    // /boot empty, no Debian kernel links at the top.
+    let boot = ok(ostree(&repo).args(["ls", "-R", REF, "/boot"]));
+    assert_eq!(boot.lines().count(), 1, "/boot not empty: {boot}");
+    let top = ok(ostree(&repo).args(["ls", REF, "/"]));
+    assert!(!top.contains("vmlinuz") && !top.contains("initrd"), "{top}");
+    assert!(
+        !top.lines().any(|l| l.ends_with(" /etc")),
+        "top-level /etc: {top}"
+    );
+    // /var is empty in the commit; the dpkg database is under /usr.
+    let var = ok(ostree(&repo).args(["ls", "-R", REF, "/var"]));
+    assert_eq!(var.lines().count(), 1, "/var not empty: {var}");
+
+    let root = t.path().join("checkout");
+    checkout(&repo, REF, &root);
+    assert!(root.join("usr/etc/passwd").is_file());
+    // Build-host files mmdebstrap copies in must not leak into the image.
+    assert!(!root.join("usr/etc/hostname").exists());
+    assert!(!root
+        .join("usr/etc/.resolv.conf.systemd-resolved.bak")
+        .exists());
+
+    // The initramfs runs ostree-prepare-root from the initrd root-fs target.
+    let img = root.join(format!("usr/lib/modules/{kver}/initramfs.img"));
+    let initrd = ok(Command::new("lsinitrd").arg(&img));
+    for want in [
+        "usr/lib/ostree/ostree-prepare-root",
+        "usr/lib/systemd/system/ostree-prepare-root.service",
+        "initrd-root-fs.target.wants/ostree-prepare-root.service",
+        "usr/lib/systemd/systemd",
+    ] {
+        assert!(initrd.contains(want), "lsinitrd lacks {want}");
+    }
+    assert!(initrd.contains("--no-hostonly"), "not a generic initramfs");
+
+    // tmpfiles.d recreates /var/lib/dpkg as the link into /usr.
+    let tmpfiles = std::fs::read_to_string(root.join("usr/lib/tmpfiles.d/hostctl-var.conf"))
+        .expect("tmpfiles.d file for /var");
+    assert!(
+        tmpfiles.lines().any(
+            |l| l.starts_with("L /var/lib/dpkg ") && l.ends_with("../../usr/lib/sysimage/dpkg")
+        ),
+        "no tmpfiles line for /var/lib/dpkg:\n{tmpfiles}"
+    );
+    for dir in ["/var/log", "/var/cache", "/var/lib/apt", "/var/tmp"] {
+        assert!(
+            tmpfiles
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(dir)),
+            "tmpfiles.d does not recreate {dir}"
+        );
+    }
+    // Package metadata = what dpkg-query reads from the tree.
+    let meta = ok(ostree(&repo).args(["show", "--print-metadata-key=hostctl.packages", REF]));
+    let meta_pkgs = parse_sss_list(&meta);
+    let db_pkgs = dpkg_query(&root);
+    assert!(db_pkgs.len() > 100, "only {} packages", db_pkgs.len());
+    assert_eq!(meta_pkgs, db_pkgs);
+    // What resolve said (and what the input hash covers) is exactly what got
+    // installed.
+    let resolved = packages::resolve(&treefile::load(&minimal).unwrap(), &cachedir()).unwrap();
+    let mut resolved_pkgs: Vec<Package> = resolved
+        .lines()
+        .filter_map(|l| {
+            let (nv, arch) = l.split_once(' ')?;
+            let (name, version) = nv.split_once('=')?;
+            Some(Package {
+                name: name.into(),
+                version: version.into(),
+                arch: arch.into(),
+            })
+        })
+        .collect();
+    resolved_pkgs.sort();
+    assert_eq!(resolved_pkgs, db_pkgs);
+    let names: BTreeSet<&str> = db_pkgs.iter().map(|p| p.name.as_str()).collect();
+    for want in [
+        "systemd",
+        "dracut",
+        "ostree-boot",
+        "systemd-boot",
+        "linux-image-amd64",
+    ] {
+        assert!(names.contains(want), "{want} not installed");
+    }
+    assert!(!names.contains("initramfs-tools"));
+    // hostctl itself is in the tree.
+    assert!(root.join("usr/bin/hostctl").is_file());
+
+    // System accounts: an admin-edited /etc/passwd lacking the tree's system
+    // users gets them back from /usr/lib/sysusers.d, with the tree's IDs.
+    let host = t.path().join("host");
+    std::fs::create_dir_all(host.join("etc")).unwrap();
+    ok(Command::new("cp")
+        .arg("-a")
+        .arg(root.join("usr/lib"))
+        .arg(host.join("usr-lib")));
+    std::fs::create_dir_all(host.join("usr")).unwrap();
+    std::fs::rename(host.join("usr-lib"), host.join("usr/lib")).unwrap();
+    std::fs::write(
+        host.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000:Alice:/home/alice:/bin/bash\n",
+    )
+    .unwrap();
+    std::fs::write(host.join("etc/group"), "root:x:0:\nalice:x:1000:\n").unwrap();
+    ok(Command::new("systemd-sysusers").arg(format!("--root={}", host.display())));
+    let tree_passwd = std::fs::read_to_string(root.join("usr/etc/passwd")).unwrap();
+    let new_passwd = std::fs::read_to_string(host.join("etc/passwd")).unwrap();
+    assert!(new_passwd.contains("alice:x:1000:1000"), "{new_passwd}");
+    let sys_users: Vec<&str> = tree_passwd
+        .lines()
+        .filter(|l| {
+            let uid: u32 = l.split(':').nth(2).unwrap().parse().unwrap();
+            uid < 1000 || uid == 65534
+        })
+        .collect();
+    assert!(sys_users.iter().any(|l| l.starts_with("messagebus:")));
+    for l in sys_users {
+        let f: Vec<&str> = l.split(':').collect();
+        let prefix = format!("{}:x:{}:{}:", f[0], f[2], f[3]);
+        assert!(
+            new_passwd.lines().any(|n| n.starts_with(&prefix)),
+            "{} not recreated as {prefix}:\n{new_passwd}",
+            f[0]
+        );
+    }
+    // The drop-in makes systemd-sysusers run on every boot.
+    assert!(root
+        .join("usr/lib/systemd/system/systemd-sysusers.service.d/hostctl.conf")
+        .is_file());
+
+    // Nothing changed: no new commit, and fast.
+    let started = Instant::now();
+    let out = compose(&repo, t.path(), &minimal);
+    let took = started.elapsed();
+    assert_eq!(
+        out.status.code(),
+        Some(77),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(took < Duration::from_secs(60), "no-op took {took:?}");
+    eprintln!("no-op recompose: {took:?}");
+    assert_eq!(
+        ok(ostree(&repo).args(["rev-parse", REF])).trim(),
+        head1.as_str()
+    );
+
+    // One more package: a new commit whose diff is that package plus what
+    // it pulled in.
+    let plus = t.path().join("plus.toml");
+    std::fs::write(
+        &plus,
+        format!(
+            "include = [\"{}\"]\npackages = [\"tmux\"]\n",
+            minimal.display()
+        ),
+    )
+    .unwrap();
+    let out = compose(&repo, t.path(), &plus);
+    assert!(
+        out.status.success(),
+        "compose +tmux failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let head2 = ok(ostree(&repo).args(["rev-parse", REF]))
+        .trim()
+        .to_string();
+    assert_ne!(head1, head2);
+    let root2 = t.path().join("checkout2");
+    checkout(&repo, REF, &root2);
+    let before: BTreeSet<Package> = dpkg_query(&root).into_iter().collect();
+    let after: BTreeSet<Package> = dpkg_query(&root2).into_iter().collect();
+    let added: Vec<String> = after
+        .difference(&before)
+        .map(|p| format!("  {} {} {}", p.name, p.version, p.arch))
+        .collect();
+    assert!(
+        before.is_subset(&after),
+        "packages changed besides additions"
+    );
+    assert!(added.iter().any(|l| l.starts_with("  tmux ")));
+    assert!(added.len() > 1, "tmux pulled in no dependencies? {added:?}");
+
+    let diff = ok(hostctl().args(["db", "diff", "--repo"]).arg(&repo).arg(REF));
+    let expected = format!(
+        "From {head1}\nTo   {head2}\nAdded ({}):\n{}\n",
+        added.len(),
+        added.join("\n")
+    );
+    assert_eq!(diff, expected);
+    // Explicit FROM/TO the other way round: the same packages, removed.
+    let back = ok(hostctl()
+        .args(["db", "diff", "--repo"])
+        .arg(&repo)
+        .args([&head2, &head1]));
+    assert!(
+        back.contains(&format!("Removed ({}):", added.len())),
+        "{back}"
+    );
+    assert!(
+        !back.contains("Added") && !back.contains("graded"),
+        "{back}"
+    );
+}
+
+fn treefile_with(dir: &Path, body: &str) -> treefile::Treefile {
+    let p = dir.join("t.toml");
+    std::fs::write(&p, format!("ref = \"test/pkgs\"\n{body}")).unwrap();
+    treefile::load(&p).unwrap()
+}
+
+#[test]
+fn resolve_is_stable_and_errors_name_the_culprit() {
+    let t = scratch();
+    let tf = treefile_with(t.path(), "packages = [\"hello\"]\n");
+    let a = packages::resolve(&tf, &cachedir()).unwrap();
+    let started = Instant::now();
+    let b = packages::resolve(&tf, &cachedir()).unwrap();
+    assert_eq!(a, b);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(a.lines().any(|l| l.starts_with("hello=")), "{a}");
+    assert!(a.lines().any(|l| l.starts_with("dpkg=")), "{a}");
+    // Another package set is another text.
+    let tf2 = treefile_with(t.path(), "packages = [\"hello\", \"tmux\"]\n");
+    assert_ne!(a, packages::resolve(&tf2, &cachedir()).unwrap());
+
+    let bad = treefile_with(
+        t.path(),
+        "packages = [\"hello\", \"no-such-package-hostctl\"]\n",
+    );
+    let e = format!("{:#}", packages::resolve(&bad, &cachedir()).unwrap_err());
+    assert!(
+        e.contains("not found: no-such-package-hostctl"),
+        "error does not name the package: {e}"
+    );
+
+    let offline = treefile_with(
+        t.path(),
+        "packages = [\"hello\"]\nmirror = \"http://127.0.0.1:9/debian\"\n",
+    );
+    let e = format!(
+        "{:#}",
+        packages::resolve(&offline, &cachedir()).unwrap_err()
+    );
+    assert!(
+        e.contains("mirror reachable") && e.contains("http://127.0.0.1:9/debian"),
+        "{e}"
+    );
+}
+
+/// Build a .deb whose postinst fails.
+fn failing_deb(dir: &Path) -> PathBuf {
+    let root = dir.join("pkg");
+    std::fs::create_dir_all(root.join("DEBIAN")).unwrap();
+    std::fs::write(
+        root.join("DEBIAN/control"),
+        "Package: hostctl-test-broken\nVersion: 1.0\nArchitecture: all\n\
+         Maintainer: hostctl tests <t@example.org>\nDescription: fails to configure\n",
+    )
+    .unwrap();
+    let postinst = root.join("DEBIAN/postinst");
+    std::fs::write(&postinst, "#!/bin/sh\necho broken-on-purpose >&2\nexit 3\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&postinst, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let deb = dir.join("hostctl-test-broken_1.0_all.deb");
+    ok(Command::new("dpkg-deb")
+        .args(["--build", "--root-owner-group"])
+        .arg(&root)
+        .arg(&deb));
+    deb
+}
+
+#[test]
+fn failing_maintainer_script_names_the_package() {
+    let t = scratch();
+    let deb = failing_deb(t.path());
+    let tf = treefile_with(
+        t.path(),
+        &format!(
+            "variant = \"essential\"\nlocal-packages = [\"{}\"]\n",
+            deb.display()
+        ),
+    );
+    let tree = t.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    let e = format!(
+        "{:#}",
+        packages::install(&tf, &tree, &cachedir()).unwrap_err()
+    );
+    assert!(
+        e.contains("hostctl-test-broken") && e.contains("post-installation script"),
+        "error does not name the package and script: {e}"
+    );
+}
+
+/// Packages on top of a base: the base's dpkg database decides what is
+/// already there; only the new package and its missing dependencies come in.
+#[test]
+fn packages_install_on_top_of_a_debian_base() {
+    let t = scratch();
+    let base = t.path().join("base");
+    std::fs::create_dir(&base).unwrap();
+    let tf = treefile_with(t.path(), "variant = \"required\"\npackages = [\"less\"]\n");
+    packages::install(&tf, &base, &cachedir()).unwrap();
+    let before: BTreeSet<String> = ok(Command::new("dpkg-query")
+        .arg(format!(
+            "--admindir={}",
+            base.join("var/lib/dpkg").display()
+        ))
+        .args(["-W", "-f=${Package}\\n"]))
+    .lines()
+    .map(str::to_string)
+    .collect();
+    assert!(before.contains("less") && !before.contains("tmux"));
+
+    // The compose would have extracted the base into the tree; here the tree
+    // already is the base.
+    let base_tf = t.path().join("base.toml");
+    std::fs::write(
+        &base_tf,
+        format!(
+            "ref = \"test/on-base\"\nbase = \"{}\"\npackages = [\"tmux\"]\n",
+            base.display()
+        ),
+    )
+    .unwrap();
+    let tf = treefile::load(&base_tf).unwrap();
+    std::fs::write(base.join("etc/hostname"), "from-the-base\n").unwrap();
+    packages::install(&tf, &base, &cachedir()).unwrap();
+    let after: BTreeSet<String> = ok(Command::new("dpkg-query")
+        .arg(format!(
+            "--admindir={}",
+            base.join("var/lib/dpkg").display()
+        ))
+        .args(["-W", "-f=${Package}\\n"]))
+    .lines()
+    .map(str::to_string)
+    .collect();
+    assert!(before.is_subset(&after));
+    assert!(after.contains("tmux"));
+    // The base's own files are kept, not replaced by the build machine's.
+    assert_eq!(
+        std::fs::read_to_string(base.join("etc/hostname")).unwrap(),
+        "from-the-base\n"
+    );
+    let debs: Vec<_> = std::fs::read_dir(base.join("var/cache/apt/archives"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "deb"))
+        .collect();
+    assert!(debs.is_empty(), "downloaded .debs left in the tree");
+    assert!(cachedir()
+        .join("archives")
+        .read_dir()
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with("tmux_")));
+}
