@@ -225,6 +225,16 @@ pub struct ImageBuildArgs {
 pub enum InternalCmd {
     /// Publish bootloader entries for the current deployments onto the ESP.
     PublishEntries(PublishEntriesArgs),
+    /// At boot: if systemd-boot fell back from the default entry because its
+    /// boot tries ran out, make the booted deployment the default.
+    BootCheck(BootCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BootCheckArgs {
+    /// Mounted EFI system partition.
+    #[arg(long, default_value = "/efi", value_name = "DIR")]
+    pub esp: PathBuf,
 }
 
 #[derive(Debug, Args)]

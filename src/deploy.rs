@@ -12,8 +12,8 @@ use ostree::glib;
 
 use crate::bootloader;
 use crate::cli::{
-    CleanupArgs, DbDiffArgs, DeployArgs, InstallArgs, KargsArgs, PinArgs, RebaseArgs, StatusArgs,
-    UpgradeArgs,
+    BootCheckArgs, CleanupArgs, DbDiffArgs, DeployArgs, InstallArgs, KargsArgs, PinArgs,
+    RebaseArgs, StatusArgs, UpgradeArgs,
 };
 use crate::fetch;
 use crate::kargs::{self, Edit};
@@ -289,6 +289,11 @@ fn install_inner(t: &Target, args: &InstallArgs) -> Result<Outcome> {
 pub fn status(t: &Target, args: &StatusArgs) -> Result<Outcome> {
     let host = sysroot::open_unlocked_any(t.sysroot, t.stateroot)?;
     let mut deps = host.status()?;
+    if !args.json && host.booted {
+        if let Ok(note) = std::fs::read_to_string(FALLBACK_NOTE) {
+            println!("Note: {}", note.trim());
+        }
+    }
     if args.booted {
         deps.retain(|d| d.booted);
     }
@@ -592,5 +597,64 @@ pub fn db_diff(t: &Target, args: &DbDiffArgs) -> Result<Outcome> {
     let new = pkgdiff::packages_of_commit(&repo, &b)?;
     println!("Deployment {from} ({a}) -> deployment {to} ({b}):");
     print!("{}", pkgdiff::render(&pkgdiff::diff(&old, &new)));
+    Ok(Outcome::Done)
+}
+
+/// Where `boot-check` records an automatic rollback, for `hostctl status`.
+const FALLBACK_NOTE: &str = "/var/lib/hostctl/fallback";
+
+/// Run early at boot by hostctl-boot-check.service. When systemd-boot booted
+/// an older entry because deployment 0's entry ran out of tries (it is marked
+/// bad on the ESP), make the booted deployment the default for good, so the
+/// broken one is not tried again, and record it.
+pub fn boot_check(t: &Target, args: &BootCheckArgs) -> Result<Outcome> {
+    let host = sysroot::open(t.sysroot, t.stateroot, true)?;
+    if !host.booted {
+        println!(
+            "{} is not the booted system; nothing to check.",
+            host.path.display()
+        );
+        return Ok(Outcome::Unchanged { exit_77: false });
+    }
+    let deps = host.deployments();
+    let Some(bi) = deps.iter().position(|d| host.is_booted_deployment(d)) else {
+        bail!("the booted deployment is not in the deployment list");
+    };
+    let booted = &deps[bi];
+    let entries = bootloader::bls::read_sysroot_entries(&host.path)?;
+    let esp = bootloader::DirEsp::new(&args.esp);
+    let serial = u32::try_from(booted.deployserial()).context("deployment serial")?;
+    if bi == 0
+        || !bootloader::fell_back(
+            &entries,
+            (booted.csum().as_str(), serial),
+            &host.path.join("boot"),
+            &esp,
+        )?
+    {
+        return Ok(Outcome::Unchanged { exit_77: false });
+    }
+    let failed = &deps[0];
+    let mut list = vec![booted.clone()];
+    list.extend(
+        deps.iter()
+            .enumerate()
+            .filter(|(i, _)| *i != bi)
+            .map(|(_, d)| d.clone()),
+    );
+    write_and_publish(&host, &list)?;
+    let repo = host.repo();
+    let note = format!(
+        "on {} deployment {} failed to boot (its boot tries ran out); rolled back to {}.",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        describe(&commit_info(&repo, &failed.csum())?),
+        describe(&commit_info(&repo, &booted.csum())?),
+    );
+    eprintln!("hostctl: {note}");
+    if let Some(dir) = Path::new(FALLBACK_NOTE).parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(FALLBACK_NOTE, format!("{note}\n"))
+        .with_context(|| format!("writing {FALLBACK_NOTE}"))?;
     Ok(Outcome::Done)
 }

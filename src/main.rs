@@ -42,6 +42,7 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Image(ImageCmd::Build(args)) => {
             hostctl::image::build(cli.stateroot.as_deref(), args)
         }
+        Command::Internal(InternalCmd::BootCheck(args)) => deploy::boot_check(&t, args),
         Command::Internal(InternalCmd::PublishEntries(args)) => {
             hostctl::bootloader::cli::publish_entries(&cli.sysroot, args)
         }

@@ -55,6 +55,13 @@ fn write(p: &Path, content: &str) {
 /// The treefile the harness composes: the reference host plus a console
 /// autologin (to drive the guest) and a marker saying which version this is.
 fn test_treefile(work: &Path, version: &str) -> PathBuf {
+    test_treefile_with(work, version, false)
+}
+
+/// `broken`: the tree carries a health check that always fails, the way a
+/// bad update would: boot-complete.target is never reached, so the entry is
+/// not blessed, and hostctl-mark-bad.service marks it bad and reboots.
+fn test_treefile_with(work: &Path, version: &str, broken: bool) -> PathBuf {
     let ov = work.join(format!("overlay-{version}"));
     write(
         &ov.join("etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf"),
@@ -65,12 +72,22 @@ fn test_treefile(work: &Path, version: &str) -> PathBuf {
         &format!("{version}\n"),
     );
     write(&ov.join("etc/hostctl-test.conf"), "setting = default\n");
+    let mut units = String::new();
+    if broken {
+        write(
+            &ov.join("usr/lib/systemd/system/hostctl-test-health.service"),
+            "[Unit]\nDescription=A health check that fails\nBefore=boot-complete.target\n\
+             OnFailure=hostctl-mark-bad.service\n[Service]\nType=oneshot\nExecStart=/bin/false\n\
+             [Install]\nRequiredBy=boot-complete.target\n",
+        );
+        units = "units = [\"hostctl-test-health.service\"]\n".to_string();
+    }
     let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("treefiles/debian-minimal.toml");
     let tf = work.join(format!("vm-{version}.toml"));
     write(
         &tf,
         &format!(
-            "include = [\"{}\"]\nref = \"test/vm\"\noverlays = [\"{}\"]\n",
+            "include = [\"{}\"]\nref = \"test/vm\"\noverlays = [\"{}\"]\n{units}",
             reference.display(),
             ov.display()
         ),
@@ -147,6 +164,25 @@ fn esp_entries(vm: &mut Vm) -> (String, Vec<String>) {
         default.unwrap_or_else(|| panic!("no default entry in:\n{out}")),
         ids,
     )
+}
+
+/// A disk holding the build repository, for the guest to upgrade from.
+fn updates_disk(repo: &Path, disk: &Path) {
+    let _ = fs::remove_file(disk);
+    let size_mb = sh(&format!("du -sm {}", repo.display()))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 3
+        / 2
+        + 64;
+    sh(&format!(
+        "mkfs.ext4 -q -F -L updates -d {} {} {size_mb}M",
+        repo.parent().unwrap().display(),
+        disk.display()
+    ));
 }
 
 fn boot(vm_dir: &Path, image: &Path, extra: &[&Path], n: u32) -> Vm {
@@ -230,20 +266,7 @@ fn boots_upgrades_and_rolls_back_in_qemu() {
     assert_ne!(v1, v2);
     let v2_version = version_of(&repo, &v2);
     let updates = work.join("updates.ext4");
-    let size_mb = sh(&format!("du -sm {}", repo.display()))
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        * 3
-        / 2
-        + 64;
-    sh(&format!(
-        "mkfs.ext4 -q -F -L updates -d {} {} {size_mb}M",
-        repo.parent().unwrap().display(),
-        updates.display()
-    ));
+    updates_disk(&repo, &updates);
     let mut vm = boot(&vm_dir, &image, &[&updates], 2);
     vm.run("mkdir -p /mnt/updates && mount -o ro /dev/vdb /mnt/updates");
     let check = vm.run("hostctl upgrade --check");
@@ -303,6 +326,54 @@ fn boots_upgrades_and_rolls_back_in_qemu() {
     assert_eq!(
         vm.run("cat /etc/hostctl-test.conf").trim(),
         "setting = changed on the host"
+    );
+
+    step("7. a broken update rolls itself back: its health check fails, the entry is marked bad, systemd-boot falls back, boot-check makes it permanent");
+    vm.poweroff(Duration::from_secs(300));
+    let v3 = compose(&repo, &test_treefile_with(&work, "v3", true));
+    updates_disk(&repo, &updates);
+    let mut vm = boot(&vm_dir, &image, &[&updates], 3);
+    vm.run("mkdir -p /mnt/updates && mount -o ro /dev/vdb /mnt/updates");
+    vm.run("hostctl upgrade");
+    let t = Instant::now();
+    vm.send("systemctl reboot");
+    // Our reboot, then the one hostctl-mark-bad.service makes in v3's boot.
+    vm.wait_for("reboot: Restarting system", Duration::from_secs(300));
+    vm.wait_for("Booting paravirtualized kernel", BOOT_TIMEOUT);
+    vm.wait_for("reboot: Restarting system", BOOT_TIMEOUT);
+    vm.wait_for_shell(BOOT_TIMEOUT);
+    eprintln!(
+        "    v3 failed its health check and the machine came back in {:.0?}",
+        t.elapsed()
+    );
+    assert_booted_sanely(&mut vm);
+    let st = guest_status(&mut vm);
+    assert_eq!(booted_checksum(&st), v1, "{st}");
+    assert_eq!(
+        st["deployments"][0]["checksum"],
+        v1.as_str(),
+        "the fallback must be permanent: {st}"
+    );
+    assert!(
+        st["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["checksum"] == v3.as_str()),
+        "{st}"
+    );
+    let text = vm.run("hostctl status");
+    assert!(text.contains("failed to boot"), "{text}");
+    let (default, ids) = esp_entries(&mut vm);
+    assert!(
+        default.contains(&v1[..12]),
+        "ESP default after the fallback: {default}"
+    );
+    let bad = vm.run("ls /efi/loader/entries");
+    assert!(
+        bad.lines()
+            .any(|l| l.contains(&v3[..12]) && l.contains("+0-")),
+        "v3's entry is not marked bad: {bad} {ids:?}"
     );
     let guest_order: Vec<String> = st["deployments"]
         .as_array()

@@ -158,6 +158,13 @@ impl Vm {
         out
     }
 
+    /// Type a line without waiting for anything.
+    pub fn send(&mut self, line: &str) {
+        self.sock
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("typing into the guest console");
+    }
+
     /// Reboot and wait for the next shell.
     pub fn reboot(&mut self, timeout: Duration) {
         self.sock.write_all(b"systemctl reboot\n").unwrap();
