@@ -370,16 +370,7 @@ pub fn upgrade(t: &Target, args: &UpgradeArgs) -> Result<Outcome> {
         );
         return Ok(Outcome::Done);
     }
-    let merge = host.merge_deployment();
-    deploy_commit(
-        &host,
-        &head.checksum,
-        &copy_origin(&current_dep)?,
-        merge.as_ref(),
-        None,
-    )?;
-    maybe_reboot(&host, args.reboot)?;
-    Ok(Outcome::Done)
+    deploy_keeping_origin(&host, &current_dep, &head.checksum, args.reboot)
 }
 
 fn print_preview(
@@ -429,15 +420,20 @@ pub fn deploy(t: &Target, args: &DeployArgs) -> Result<Outcome> {
         return Ok(outcome);
     }
     fetch::pull_into_sysroot(&repo, &refspec, &target.checksum)?;
+    deploy_keeping_origin(&host, &current_dep, &target.checksum, args.reboot)
+}
+
+/// Deploy `checksum` with the origin and merged `/etc` of the current
+/// deployment (upgrade and deploy differ only in which commit they pick).
+fn deploy_keeping_origin(
+    host: &Host,
+    current: &ostree::Deployment,
+    checksum: &str,
+    reboot: bool,
+) -> Result<Outcome> {
     let merge = host.merge_deployment();
-    deploy_commit(
-        &host,
-        &target.checksum,
-        &copy_origin(&current_dep)?,
-        merge.as_ref(),
-        None,
-    )?;
-    maybe_reboot(&host, args.reboot)?;
+    deploy_commit(host, checksum, &copy_origin(current)?, merge.as_ref(), None)?;
+    maybe_reboot(host, reboot)?;
     Ok(Outcome::Done)
 }
 

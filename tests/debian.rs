@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use hostctl::packages::{self, Package};
 use hostctl::treefile;
 
@@ -306,13 +308,35 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
         head1.as_str()
     );
 
-    // One more package: a new commit whose diff is that package plus what
-    // it pulled in.
+    // A host runs the first commit, and its admin edits /etc/passwd.
+    let host = common::LoopMount::new(4096);
+    let sysroot = &host.mountpoint;
+    common::hostctl_ok(
+        sysroot,
+        &[
+            "install",
+            "--repo",
+            &format!("file://{}", repo.display()),
+            "--ref",
+            REF,
+        ],
+    );
+    let deployed = |sysroot: &Path| {
+        let entries = common::ostree_admin_status(sysroot);
+        common::deployment_dir(sysroot, &entries[0])
+    };
+    let etc_passwd = deployed(sysroot).join("etc/passwd");
+    let mut local = std::fs::read_to_string(&etc_passwd).unwrap();
+    local.push_str("alice:x:1000:1000:Alice:/home/alice:/bin/bash\n");
+    std::fs::write(&etc_passwd, &local).unwrap();
+
+    // Two more packages, one of which creates a system user: a new commit
+    // whose diff is those packages plus what they pulled in.
     let plus = t.path().join("plus.toml");
     std::fs::write(
         &plus,
         format!(
-            "include = [\"{}\"]\npackages = [\"tmux\"]\n",
+            "include = [\"{}\"]\npackages = [\"tmux\", \"uuid-runtime\"]\n",
             minimal.display()
         ),
     )
@@ -340,7 +364,8 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
         "packages changed besides additions"
     );
     assert!(added.iter().any(|l| l.starts_with("  tmux ")));
-    assert!(added.len() > 1, "tmux pulled in no dependencies? {added:?}");
+    assert!(added.iter().any(|l| l.starts_with("  uuid-runtime ")));
+    assert!(added.len() > 2, "no dependencies pulled in? {added:?}");
 
     let diff = ok(hostctl().args(["db", "diff", "--repo"]).arg(&repo).arg(REF));
     let expected = format!(
@@ -362,6 +387,28 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
         !back.contains("Added") && !back.contains("graded"),
         "{back}"
     );
+
+    // The host upgrades: the system user the new package created is there,
+    // next to the admin's own user, although /etc/passwd was edited locally
+    // (so the three-way merge keeps the host's file, not the new default).
+    let uuidd = std::fs::read_to_string(root2.join("usr/etc/passwd"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("uuidd:"))
+        .expect("uuid-runtime creates the uuidd user in the tree")
+        .to_string();
+    common::hostctl_ok(sysroot, &["upgrade"]);
+    let host_passwd = std::fs::read_to_string(deployed(sysroot).join("etc/passwd")).unwrap();
+    assert!(host_passwd.contains("alice:x:1000:1000:"), "{host_passwd}");
+    let ids = |l: &str| l.split(':').skip(2).take(2).collect::<Vec<_>>().join(":");
+    assert!(
+        host_passwd
+            .lines()
+            .any(|l| l.starts_with("uuidd:") && ids(l) == ids(&uuidd)),
+        "uuidd ({uuidd}) missing from the upgraded host:\n{host_passwd}"
+    );
+    let db = common::hostctl_ok(sysroot, &["db", "diff"]);
+    assert!(db.contains("uuid-runtime"), "{db}");
 }
 
 fn treefile_with(dir: &Path, body: &str) -> treefile::Treefile {
