@@ -704,3 +704,76 @@ fn a_corrupt_object_or_a_full_disk_leaves_deployments_entries_and_origins_alone(
     assert_eq!(fx.admin_status()[0].version.as_deref(), Some("3.0"));
     fsck(fx.sysroot());
 }
+
+/// The build repository served over HTTP (Python's http.server, a plain
+/// static file server like the ones repositories are published on).
+struct HttpServer(std::process::Child, u16);
+
+impl HttpServer {
+    fn serve(dir: &Path) -> HttpServer {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let child = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting python3 -m http.server");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return HttpServer(child, port);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("http.server did not start");
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn install_and_upgrade_over_http() {
+    let fx = Fixture::new();
+    let c1 = fx.build.commit("stable", "1.0", T0, &v_files("1.0"));
+    let server = HttpServer::serve(fx.build.path.parent().unwrap());
+    let url = format!("http://127.0.0.1:{}/repo", server.1);
+    hostctl_ok(
+        fx.sysroot(),
+        &["install", "--repo", &url, "--ref", "stable"],
+    );
+    assert_eq!(fx.admin_status()[0].checksum, c1);
+    let c2 = fx.build.commit("stable", "2.0", T0 + 100, &v_files("2.0"));
+    let check = hostctl_ok(fx.sysroot(), &["upgrade", "--check"]);
+    assert!(check.contains(&c2), "{check}");
+    hostctl_ok(fx.sysroot(), &["upgrade"]);
+    let st = fx.admin_status();
+    assert_eq!(st[0].checksum, c2);
+    assert_eq!(st[1].checksum, c1);
+    fsck(fx.sysroot());
+    // The server going away is a clear failure that changes nothing.
+    let before = fingerprint(fx.sysroot());
+    drop(server);
+    fx.build.commit("stable", "3.0", T0 + 200, &v_files("3.0"));
+    let out = hostctl(fx.sysroot(), &["upgrade"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("127.0.0.1"), "{}", stderr(&out));
+    assert_same(
+        &before,
+        &fingerprint(fx.sysroot()),
+        "an upgrade from a vanished server",
+    );
+}
