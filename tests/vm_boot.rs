@@ -142,28 +142,29 @@ fn booted_checksum(status: &serde_json::Value) -> String {
         .to_string()
 }
 
-/// `bootctl list` (systemd's own reading of the ESP): (default entry id, all ids).
+/// `bootctl list` (systemd's own reading of the ESP): (default entry id, ids
+/// of the entries that are files on the ESP). bootctl also lists entries the
+/// boot loader reported at boot (the pre-blessing `NAME+3` name, the virtual
+/// firmware-setup entry); those have no `source:` and are left out.
 fn esp_entries(vm: &mut Vm) -> (String, Vec<String>) {
     let out = vm.run("bootctl --esp-path=/efi list --no-pager");
-    let mut ids = Vec::new();
-    let mut default = None;
-    let mut current_is_default = false;
+    let mut entries = Vec::new(); // (id, is default, has a file)
     for l in out.lines().map(str::trim) {
         if let Some(t) = l.strip_prefix("title:") {
-            current_is_default = t.contains("(default)");
-        }
-        if let Some(id) = l.strip_prefix("id:") {
-            let id = id.trim().to_string();
-            if current_is_default {
-                default = Some(id.clone());
-            }
-            ids.push(id);
+            entries.push((String::new(), t.contains("(default)"), false));
+        } else if let (Some(id), Some(e)) = (l.strip_prefix("id:"), entries.last_mut()) {
+            e.0 = id.trim().to_string();
+        } else if let (Some(src), Some(e)) = (l.strip_prefix("source:"), entries.last_mut()) {
+            e.2 = src.trim().starts_with("/efi/loader/entries/");
         }
     }
-    (
-        default.unwrap_or_else(|| panic!("no default entry in:\n{out}")),
-        ids,
-    )
+    let on_esp: Vec<_> = entries.into_iter().filter(|e| e.2).collect();
+    let default = on_esp
+        .iter()
+        .find(|e| e.1)
+        .map(|e| e.0.clone())
+        .unwrap_or_else(|| panic!("no default entry on the ESP in:\n{out}"));
+    (default, on_esp.into_iter().map(|e| e.0).collect())
 }
 
 /// A disk holding the build repository, for the guest to upgrade from.
