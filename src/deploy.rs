@@ -118,8 +118,8 @@ fn deploy_commit(
         let deps = host.deployments();
         let merge_idx = merge.and_then(|m| deps.iter().position(|d| d.equal(m)));
         let keep = plan::retain_after_deploy(&host.slots(), osname, merge_idx);
-        let mut list = vec![new.clone()];
-        list.extend(keep.into_iter().map(|i| deps[i].clone()));
+        let mut list = vec![sysroot::handle(&new)];
+        list.extend(keep.into_iter().map(|i| sysroot::handle(&deps[i])));
         write_and_publish(host, &list)
     })();
     if result.is_err() {
@@ -463,7 +463,7 @@ pub fn rollback(t: &Target) -> Result<Outcome> {
     let deps = host.deployments();
     let order = plan::rollback_order(&host.slots())
         .with_context(|| format!("rolling back {}", host.path.display()))?;
-    let list: Vec<ostree::Deployment> = order.iter().map(|&i| deps[i].clone()).collect();
+    let list: Vec<ostree::Deployment> = order.iter().map(|&i| sysroot::handle(&deps[i])).collect();
     write_and_publish(&host, &list)?;
     let new_default = &list[0];
     println!(
@@ -543,7 +543,7 @@ pub fn cleanup(t: &Target, args: &CleanupArgs) -> Result<Outcome> {
     if !remove.is_empty() {
         let keep: Vec<ostree::Deployment> = (0..deps.len())
             .filter(|i| !remove.contains(i))
-            .map(|i| deps[i].clone())
+            .map(|i| sysroot::handle(&deps[i]))
             .collect();
         write_and_publish(&host, &keep)?;
         for i in &remove {
@@ -631,12 +631,12 @@ pub fn boot_check(t: &Target, args: &BootCheckArgs) -> Result<Outcome> {
         return Ok(Outcome::Unchanged { exit_77: false });
     }
     let failed = &deps[0];
-    let mut list = vec![booted.clone()];
+    let mut list = vec![sysroot::handle(booted)];
     list.extend(
         deps.iter()
             .enumerate()
             .filter(|(i, _)| *i != bi)
-            .map(|(_, d)| d.clone()),
+            .map(|(_, d)| sysroot::handle(d)),
     );
     write_and_publish(&host, &list)?;
     let repo = host.repo();

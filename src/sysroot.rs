@@ -154,6 +154,14 @@ fn open_inner(
     Ok(host)
 }
 
+/// Another handle to the same deployment object. libostree recognises the
+/// booted deployment in a new deployment list by pointer, and
+/// `Deployment::clone()` resolves to the inherent `ostree_deployment_clone`
+/// (a copy, so a booted host would refuse the list), not to `Clone::clone`.
+pub fn handle(d: &ostree::Deployment) -> ostree::Deployment {
+    Clone::clone(d)
+}
+
 impl Host {
     pub fn repo(&self) -> ostree::Repo {
         self.sysroot.repo()
