@@ -3,15 +3,11 @@
 //! boot counters and a bad entry; the model's prediction must be what the
 //! firmware boots, and the counted entry must be renamed as modelled.
 //!
-//! Needs a bootable kernel image (any x86-64 Linux with an EFI stub, e.g.
-//! `vmlinuz` from Debian's `linux-image-*-amd64`) in `HOSTCTL_TEST_KERNEL`,
-//! plus qemu-system-x86, ovmf, mtools, dosfstools and systemd-boot-efi.
-//! Each boot takes about 15 s of software emulation, so it is not part of
-//! the default test run:
-//!
-//! ```text
-//! HOSTCTL_TEST_KERNEL=/path/to/vmlinuz cargo test --test sdboot_qemu -- --ignored
-//! ```
+//! Needs a bootable kernel image (any x86-64 Linux with an EFI stub): the
+//! one in `HOSTCTL_TEST_KERNEL`, else Debian's current `linux-image-*-amd64`
+//! fetched with `apt-get download`; plus qemu-system-x86, ovmf, mtools,
+//! dosfstools and systemd-boot-efi. Each boot takes about 15 s of software
+//! emulation.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -116,13 +112,40 @@ fn entry_names(esp: &MtoolsEsp) -> Vec<String> {
         .collect()
 }
 
-#[test]
-#[ignore = "boots QEMU; needs HOSTCTL_TEST_KERNEL"]
-fn model_agrees_with_systemd_boot() {
-    let kernel = PathBuf::from(
-        std::env::var_os("HOSTCTL_TEST_KERNEL").expect("set HOSTCTL_TEST_KERNEL to a vmlinuz"),
+/// Debian's current kernel image, unpacked from its package into `dir`.
+fn debian_kernel(dir: &Path) -> PathBuf {
+    let sh = |cmd: &str| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "`{cmd}`: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let pkg = sh("apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ { print $2; exit }'");
+    assert!(
+        !pkg.is_empty(),
+        "no linux-image package known to apt (apt-get update?)"
     );
+    sh(&format!("apt-get download -q {pkg} 2>/dev/null"));
+    sh("dpkg-deb --fsys-tarfile ./*.deb | tar -x --wildcards './boot/vmlinuz-*'");
+    let k = sh("ls ./boot/vmlinuz-*");
+    dir.join(k.trim_start_matches("./"))
+}
+
+#[test]
+fn model_agrees_with_systemd_boot() {
     let td = tempfile::tempdir().unwrap();
+    let kernel = match std::env::var_os("HOSTCTL_TEST_KERNEL") {
+        Some(k) => PathBuf::from(k),
+        None => debian_kernel(td.path()),
+    };
     let img = esp_image(td.path(), &kernel);
     let esp = MtoolsEsp::new(&img, 0);
 
