@@ -29,7 +29,13 @@ ref = "bench"
 base = "$src"
 TOML
 
-t() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N); awk -v s="$s" -v e="$e" 'BEGIN { print e - s }'; }
+t() {
+  local s e
+  s=$(date +%s.%N)
+  "$@" >/dev/null 2>"$work/err" || { echo "failed: $*" >&2; cat "$work/err" >&2; exit 1; }
+  e=$(date +%s.%N)
+  awk -v s="$s" -v e="$e" 'BEGIN { print e - s }'
+}
 
 ostree --repo="$work/o" init --mode=archive
 mkdir -p "$work/h"
