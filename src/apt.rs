@@ -312,11 +312,44 @@ pub struct PrivateApt {
     pub archives: PathBuf,
     pub sources: String,
     pub arch: String,
+    /// Held while this exists: apt's lists and the shared archive cache are
+    /// one piece of state, and two composes sharing a cache directory would
+    /// otherwise fail on apt's own locks or mix partial downloads.
+    _lock: std::fs::File,
+}
+
+/// Exclusive lock on `cachedir`, waiting (and saying so) if another compose
+/// holds it.
+fn lock_cache(cachedir: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = cachedir.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        eprintln!(
+            "Waiting for another compose using the package cache {} to finish...",
+            cachedir.display()
+        );
+        // SAFETY: as above.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("locking {}", path.display()));
+        }
+    }
+    Ok(f)
 }
 
 impl PrivateApt {
     /// Prepare (or reuse) the state directory for `sources` under `cachedir`.
     pub fn new(cachedir: &Path, sources: &str, arch: &str) -> Result<Self> {
+        std::fs::create_dir_all(cachedir)
+            .with_context(|| format!("creating {}", cachedir.display()))?;
+        let lock = lock_cache(cachedir)?;
         let mut h = Sha256::new();
         h.update(sources.as_bytes());
         h.update(arch.as_bytes());
@@ -370,6 +403,7 @@ impl PrivateApt {
             archives,
             sources: sources.to_string(),
             arch: arch.to_string(),
+            _lock: lock,
         })
     }
 

@@ -117,14 +117,6 @@ fn selectors(tf: &Treefile, arch: &str) -> Result<Vec<String>> {
     Ok(sel)
 }
 
-/// The exact package set the treefile stands for against the mirror's
-/// current state.
-pub fn resolve_packages(tf: &Treefile, cachedir: &Path) -> Result<Vec<Package>> {
-    let apt = private_apt(tf, cachedir)?;
-    apt.update()?;
-    apt.simulate(&selectors(tf, &apt.arch)?)
-}
-
 /// A stable description of everything the package steps put into the tree:
 /// sources, variant, the resolved `name=version arch` lines, and the files
 /// hostctl itself ships (dracut configuration, and with `install-hostctl`
