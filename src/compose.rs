@@ -51,7 +51,9 @@ pub fn run(args: &ComposeTreeArgs) -> Result<Outcome> {
     fs::set_permissions(&tree, fs::Permissions::from_mode(0o755))
         .with_context(|| format!("setting mode of {}", tree.display()))?;
 
-    let installed = build_tree(&tf, &tree, &cachedir)?;
+    let accounts = work.path().join("accounts");
+    let accounts = previous_accounts(&args.repo, &tf.refname, &accounts)?;
+    let installed = build_tree(&tf, &tree, &cachedir, accounts.as_deref())?;
 
     let repo = repo::open_or_create_archive(&args.repo)?;
     let parent = repo::ref_head(&repo, &tf.refname)?;
@@ -111,12 +113,17 @@ pub fn run(args: &ComposeTreeArgs) -> Result<Outcome> {
 
 /// Every step between the inputs and a tree libostree can deploy, in order.
 /// Returns the installed Debian packages (empty for a tree without dpkg).
-pub fn build_tree(tf: &Treefile, tree: &Path, cachedir: &Path) -> Result<Vec<packages::Package>> {
+pub fn build_tree(
+    tf: &Treefile,
+    tree: &Path,
+    cachedir: &Path,
+    accounts: Option<&Path>,
+) -> Result<Vec<packages::Package>> {
     if tf.base.is_some() {
         eprintln!("Populating the tree from the base");
     }
     rootfs::populate_base(tf, tree)?;
-    packages::install(tf, tree, cachedir)?;
+    packages::install(tf, tree, cachedir, accounts)?;
     if !tf.overlays.is_empty() {
         eprintln!("Applying {} overlay(s)", tf.overlays.len());
     }
@@ -128,6 +135,36 @@ pub fn build_tree(tf: &Treefile, tree: &Path, cachedir: &Path) -> Result<Vec<pac
     eprintln!("Converting the tree to the OSTree layout");
     postprocess::ostree_layout(tree)?;
     Ok(installed)
+}
+
+/// The account files (`/usr/etc/passwd`, ...) of the ref's current commit,
+/// copied into `dest`, so that a new compose keeps the IDs hosts already have.
+fn previous_accounts(repo_path: &Path, refname: &str, dest: &Path) -> Result<Option<PathBuf>> {
+    use ostree::gio::prelude::{FileExt, FileExtManual};
+    let Some(repo) = repo::open_if_exists(repo_path)? else {
+        return Ok(None);
+    };
+    let Some(head) = repo::ref_head(&repo, refname)? else {
+        return Ok(None);
+    };
+    let (root, _) = repo
+        .read_commit(&head, ostree::gio::Cancellable::NONE)
+        .with_context(|| format!("reading commit {head}"))?;
+    fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+    let mut found = false;
+    for name in packages::ACCOUNT_FILES {
+        let f = root.resolve_relative_path(format!("usr/etc/{name}"));
+        if !f.query_exists(ostree::gio::Cancellable::NONE) {
+            continue;
+        }
+        let (bytes, _) = f
+            .load_contents(ostree::gio::Cancellable::NONE)
+            .with_context(|| format!("reading /usr/etc/{name} of {head}"))?;
+        let out = dest.join(name);
+        fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+        found = true;
+    }
+    Ok(found.then(|| dest.to_path_buf()))
 }
 
 /// Fail before any work when a named input is missing.

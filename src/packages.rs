@@ -195,9 +195,12 @@ fn hash_shipped_files(text: &mut String, dracut: bool, hostctl: bool) -> Result<
 /// what is already there. Downloaded `.deb`s are synced in from and out to
 /// `cachedir/archives`. With `install-hostctl`, the running binary and the
 /// units from `systemd-units/` are copied in too.
-pub fn install(tf: &Treefile, tree: &Path, cachedir: &Path) -> Result<()> {
+///
+/// `accounts`: a directory with the `passwd`, `group`, `shadow` and `gshadow`
+/// of the ref's previous commit, if any (see `install_packages`).
+pub fn install(tf: &Treefile, tree: &Path, cachedir: &Path, accounts: Option<&Path>) -> Result<()> {
     if !tf.packages.is_empty() || !tf.local_packages.is_empty() {
-        install_packages(tf, tree, cachedir)?;
+        install_packages(tf, tree, cachedir, accounts)?;
     }
     if tf.install_hostctl {
         install_hostctl(tree)?;
@@ -228,7 +231,15 @@ fn is_empty_dir(p: &Path) -> Result<bool> {
         .is_none())
 }
 
-fn install_packages(tf: &Treefile, tree: &Path, cachedir: &Path) -> Result<()> {
+/// The account files seeded from the previous commit.
+pub const ACCOUNT_FILES: &[&str] = &["passwd", "group", "shadow", "gshadow"];
+
+fn install_packages(
+    tf: &Treefile,
+    tree: &Path,
+    cachedir: &Path,
+    accounts: Option<&Path>,
+) -> Result<()> {
     let apt = private_apt(tf, cachedir)?;
     apt.update()?;
     let on_base = !is_empty_dir(tree)?;
@@ -305,6 +316,24 @@ fn install_packages(tf: &Treefile, tree: &Path, cachedir: &Path) -> Result<()> {
             ));
     } else {
         cmd.arg(format!("--variant={}", variant_of(tf)));
+        // System accounts keep the IDs the ref already gave them: package
+        // scripts allocate "the next free" ID, so a compose from scratch
+        // that installs in another order would give a host's existing ID to
+        // another account, and files the tree ships would change owner on
+        // hosts. The previous commit's files go in after the essential
+        // packages are unpacked and before they are configured, so
+        // base-passwd reconciles them and adduser keeps existing accounts.
+        if let Some(dir) = accounts {
+            for name in ACCOUNT_FILES {
+                let src = dir.join(name);
+                if src.is_file() {
+                    cmd.arg(format!(
+                        "--extract-hook=cp -p {} \"$1/etc/{name}\"",
+                        shell_quote(&src.display().to_string())
+                    ));
+                }
+            }
+        }
         if !tf.packages.is_empty() {
             cmd.arg(format!("--include={}", tf.packages.join(",")));
         }

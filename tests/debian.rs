@@ -397,10 +397,22 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
         .find(|l| l.starts_with("uuidd:"))
         .expect("uuid-runtime creates the uuidd user in the tree")
         .to_string();
+    // Accounts keep the IDs the ref gave them, whatever order the new
+    // compose installed packages in.
+    let ids = |l: &str| l.split(':').skip(2).take(2).collect::<Vec<_>>().join(":");
+    let passwd1 = std::fs::read_to_string(root.join("usr/etc/passwd")).unwrap();
+    let passwd2 = std::fs::read_to_string(root2.join("usr/etc/passwd")).unwrap();
+    for l in passwd1.lines() {
+        let name = l.split(':').next().unwrap();
+        let again = passwd2
+            .lines()
+            .find(|m| m.split(':').next() == Some(name))
+            .unwrap_or_else(|| panic!("{name} vanished from the second compose"));
+        assert_eq!(ids(l), ids(again), "{name} changed IDs between composes");
+    }
     common::hostctl_ok(sysroot, &["upgrade"]);
     let host_passwd = std::fs::read_to_string(deployed(sysroot).join("etc/passwd")).unwrap();
     assert!(host_passwd.contains("alice:x:1000:1000:"), "{host_passwd}");
-    let ids = |l: &str| l.split(':').skip(2).take(2).collect::<Vec<_>>().join(":");
     assert!(
         host_passwd
             .lines()
@@ -493,7 +505,7 @@ fn failing_maintainer_script_names_the_package() {
     std::fs::create_dir(&tree).unwrap();
     let e = format!(
         "{:#}",
-        packages::install(&tf, &tree, &cachedir()).unwrap_err()
+        packages::install(&tf, &tree, &cachedir(), None).unwrap_err()
     );
     assert!(
         e.contains("hostctl-test-broken") && e.contains("post-installation script"),
@@ -509,7 +521,7 @@ fn packages_install_on_top_of_a_debian_base() {
     let base = t.path().join("base");
     std::fs::create_dir(&base).unwrap();
     let tf = treefile_with(t.path(), "variant = \"required\"\npackages = [\"less\"]\n");
-    packages::install(&tf, &base, &cachedir()).unwrap();
+    packages::install(&tf, &base, &cachedir(), None).unwrap();
     let before: BTreeSet<String> = ok(Command::new("dpkg-query")
         .arg(format!(
             "--admindir={}",
@@ -534,7 +546,7 @@ fn packages_install_on_top_of_a_debian_base() {
     .unwrap();
     let tf = treefile::load(&base_tf).unwrap();
     std::fs::write(base.join("etc/hostname"), "from-the-base\n").unwrap();
-    packages::install(&tf, &base, &cachedir()).unwrap();
+    packages::install(&tf, &base, &cachedir(), None).unwrap();
     let after: BTreeSet<String> = ok(Command::new("dpkg-query")
         .arg(format!(
             "--admindir={}",
