@@ -7,6 +7,7 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "test.sh: the integration tests need root" >&2
   exit 1
 fi
+./scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets -- --test-threads="${TEST_THREADS:-2}"
