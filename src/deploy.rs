@@ -20,8 +20,9 @@ use crate::kargs::{self, Edit};
 use crate::origin::Refspec;
 use crate::pkgdiff;
 use crate::plan::{self, CommitInfo, Decision};
+use crate::repo::commit_info;
 use crate::status;
-use crate::sysroot::{self, commit_info, origin_refspec, Host};
+use crate::sysroot::{self, origin_refspec, Host};
 use crate::Outcome;
 
 /// Which sysroot and stateroot a verb acts on (the global options).

@@ -13,7 +13,7 @@ use ostree::prelude::*;
 
 use crate::origin::Refspec;
 use crate::plan::{CommitInfo, FileMap};
-use crate::sysroot::commit_info;
+use crate::repo::{self, commit_info};
 
 const PROBE_REMOTE: &str = "probe";
 
@@ -135,20 +135,7 @@ impl Probe {
 
     /// The fetched history of the ref, newest first.
     pub fn history(&self) -> Result<Vec<CommitInfo>> {
-        let mut out = Vec::new();
-        let mut next = Some(self.head.clone());
-        while let Some(csum) = next {
-            let Some(commit) = self
-                .repo
-                .load_variant_if_exists(ostree::ObjectType::Commit, &csum)
-                .with_context(|| format!("loading commit {csum}"))?
-            else {
-                break;
-            };
-            out.push(commit_info(&self.repo, &csum)?);
-            next = ostree::commit_get_parent(&commit).map(|p| p.to_string());
-        }
-        Ok(out)
+        repo::history(&self.repo, &self.head)
     }
 }
 

@@ -118,7 +118,7 @@ pub fn recorded_packages(repo: &ostree::Repo, checksum: &str) -> Result<Option<V
         .load_variant(ostree::ObjectType::Commit, checksum)
         .with_context(|| format!("loading commit {checksum}"))?;
     // A commit variant is (a{sv} metadata, parent, related, subject, body, time, root tree, root meta).
-    let meta = glib::VariantDict::new(Some(&commit.child_value(0)));
+    let meta = crate::repo::metadata_of(&commit);
     let Some(v) = meta.lookup_value(METADATA_KEY, None) else {
         return Ok(None);
     };

@@ -6,6 +6,8 @@ use anyhow::{Context, Result};
 use ostree::gio;
 use ostree::glib;
 
+pub use crate::plan::CommitInfo;
+
 /// Open an existing repository.
 pub fn open(path: &Path) -> Result<ostree::Repo> {
     let repo = ostree::Repo::new_for_path(path);
@@ -44,50 +46,52 @@ pub fn ref_head(repo: &ostree::Repo, refname: &str) -> Result<Option<String>> {
         .map(|s| s.to_string()))
 }
 
-/// A commit's metadata dictionary (`a{sv}`).
-pub fn commit_metadata(repo: &ostree::Repo, checksum: &str) -> Result<glib::VariantDict> {
-    let (commit, _) = repo
-        .load_commit(checksum)
-        .with_context(|| format!("loading commit {checksum}"))?;
-    Ok(glib::VariantDict::new(Some(&commit.child_value(0))))
+/// The metadata dictionary (`a{sv}`) of a loaded commit variant.
+pub fn metadata_of(commit: &glib::Variant) -> glib::VariantDict {
+    glib::VariantDict::new(Some(&commit.child_value(0)))
 }
 
 /// A string key of a commit's metadata.
 pub fn metadata_string(repo: &ostree::Repo, checksum: &str, key: &str) -> Result<Option<String>> {
-    Ok(commit_metadata(repo, checksum)?
-        .lookup_value(key, None)
-        .and_then(|v| v.str().map(str::to_string)))
+    let (commit, _) = repo
+        .load_commit(checksum)
+        .with_context(|| format!("loading commit {checksum}"))?;
+    Ok(metadata_of(&commit).lookup::<String>(key).ok().flatten())
 }
 
-/// One commit of a ref's history.
-#[derive(Debug, Clone)]
-pub struct HistoryEntry {
-    pub checksum: String,
-    pub version: Option<String>,
-    pub timestamp: u64,
+fn info_of(checksum: &str, commit: &glib::Variant) -> CommitInfo {
+    CommitInfo {
+        checksum: checksum.to_string(),
+        version: metadata_of(commit)
+            .lookup::<String>("version")
+            .ok()
+            .flatten(),
+        timestamp: ostree::commit_get_timestamp(commit),
+    }
 }
 
-/// The history of a ref from `head` back to its first commit (or to the first
-/// parent that is not in this repository, as after a shallow pull).
-pub fn history(repo: &ostree::Repo, head: &str) -> Result<Vec<HistoryEntry>> {
+/// Version and timestamp of a commit present in `repo`.
+pub fn commit_info(repo: &ostree::Repo, checksum: &str) -> Result<CommitInfo> {
+    let (commit, _) = repo
+        .load_commit(checksum)
+        .with_context(|| format!("loading commit {checksum}"))?;
+    Ok(info_of(checksum, &commit))
+}
+
+/// The history of a ref from `head` back to its first commit, newest first,
+/// or back to the first parent that is not in this repository (as after a
+/// shallow pull).
+pub fn history(repo: &ostree::Repo, head: &str) -> Result<Vec<CommitInfo>> {
     let mut out = Vec::new();
     let mut next = Some(head.to_string());
     while let Some(checksum) = next {
-        let commit = match repo.load_commit(&checksum) {
-            Ok((c, _)) => c,
-            Err(e) if out.is_empty() => {
-                return Err(e).with_context(|| format!("loading commit {checksum}"))
-            }
-            Err(_) => break,
+        let Some(commit) = repo
+            .load_variant_if_exists(ostree::ObjectType::Commit, &checksum)
+            .with_context(|| format!("loading commit {checksum}"))?
+        else {
+            break;
         };
-        let md = glib::VariantDict::new(Some(&commit.child_value(0)));
-        out.push(HistoryEntry {
-            version: md
-                .lookup_value("version", None)
-                .and_then(|v| v.str().map(str::to_string)),
-            timestamp: ostree::commit_get_timestamp(&commit),
-            checksum,
-        });
+        out.push(info_of(&checksum, &commit));
         next = ostree::commit_get_parent(&commit).map(|p| p.to_string());
     }
     Ok(out)

@@ -5,9 +5,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use ostree::gio;
-use ostree::glib;
 
-use crate::plan::{CommitInfo, Slot};
+use crate::plan::Slot;
 use crate::status::{self, DeploymentInfo};
 
 pub struct Host {
@@ -207,7 +206,7 @@ impl Host {
             .enumerate()
             .map(|(i, d)| {
                 let checksum = d.csum().to_string();
-                let info = commit_info(&repo, &checksum).ok();
+                let info = crate::repo::commit_info(&repo, &checksum).ok();
                 Ok(DeploymentInfo {
                     index: i,
                     id: status::id(&d.osname(), &checksum, d.deployserial()),
@@ -243,26 +242,6 @@ pub fn deployment_kargs(d: &ostree::Deployment) -> Vec<String> {
         .and_then(|b| b.get("options"))
         .map(|o| crate::kargs::split(&o))
         .unwrap_or_default()
-}
-
-/// Version and timestamp of a commit present in `repo`.
-pub fn commit_info(repo: &ostree::Repo, checksum: &str) -> Result<CommitInfo> {
-    let (commit, _) = repo
-        .load_commit(checksum)
-        .with_context(|| format!("loading commit {checksum}"))?;
-    Ok(CommitInfo {
-        checksum: checksum.to_string(),
-        version: commit_meta_string(&commit, "version"),
-        timestamp: ostree::commit_get_timestamp(&commit),
-    })
-}
-
-pub fn commit_metadata(commit: &glib::Variant) -> glib::VariantDict {
-    glib::VariantDict::new(Some(&commit.child_value(0)))
-}
-
-pub fn commit_meta_string(commit: &glib::Variant, key: &str) -> Option<String> {
-    commit_metadata(commit).lookup::<String>(key).ok().flatten()
 }
 
 #[cfg(test)]
