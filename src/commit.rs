@@ -60,26 +60,24 @@ fn write(repo: &ostree::Repo, tree: &Path, c: &NewCommit) -> Result<String> {
             .context("inspecting the tree's kernel")?;
     }
     let metadata = c.metadata.end();
-    let checksum = match source_date_epoch()? {
-        Some(t) => repo.write_commit_with_time(
+    let time = match source_date_epoch()? {
+        Some(t) => t,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .context("reading the clock")?
+            .as_secs(),
+    };
+    let checksum = repo
+        .write_commit_with_time(
             c.parent,
             Some(c.subject),
             None,
             Some(&metadata),
             &root,
-            t,
+            time,
             gio::Cancellable::NONE,
-        ),
-        None => repo.write_commit(
-            c.parent,
-            Some(c.subject),
-            None,
-            Some(&metadata),
-            &root,
-            gio::Cancellable::NONE,
-        ),
-    }
-    .with_context(|| format!("writing the commit for {}", c.refname))?;
+        )
+        .with_context(|| format!("writing the commit for {}", c.refname))?;
     repo.transaction_set_ref(None, c.refname, Some(&checksum));
     Ok(checksum.to_string())
 }
