@@ -2,7 +2,6 @@
 //! unchanged input set is detected without building anything.
 
 use std::fs;
-use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -37,10 +36,7 @@ impl InputHasher {
     }
 
     fn file_content(&mut self, path: &Path) -> Result<()> {
-        let mut f = fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-        let mut h = Sha256::new();
-        io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
-        self.field(&h.finalize());
+        self.field(&crate::util::sha256_file(path)?);
         Ok(())
     }
 

@@ -13,7 +13,6 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::apt::{self, PrivateApt};
 use crate::treefile::Treefile;
@@ -148,13 +147,9 @@ pub fn resolve(tf: &Treefile, cachedir: &Path) -> Result<String> {
 }
 
 fn sha256_file(p: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(p).with_context(|| format!("reading {}", p.display()))?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", p.display()))?;
-    Ok(hex::encode(h.finalize()))
+    Ok(hex::encode(crate::util::sha256_file(p)?))
 }
 
-/// Regular files directly in `dir`, sorted; a missing dir is empty.
 /// Every regular file under `dir`, recursively, in a stable order.
 fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
     if !dir.is_dir() {

@@ -26,3 +26,12 @@ pub fn run(cmd: &mut Command, what: &str) -> Result<String> {
 pub fn in_root(root: &Path, rel: &str) -> std::path::PathBuf {
     root.join(rel.trim_start_matches('/'))
 }
+
+/// The sha256 digest of a file's content.
+pub fn sha256_file(path: &Path) -> Result<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).with_context(|| format!("reading {}", path.display()))?;
+    Ok(h.finalize().into())
+}
