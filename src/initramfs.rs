@@ -154,15 +154,8 @@ fn install_dracut_conf(tree: &Path, src: &Path) -> Result<()> {
     let modules = src.join("modules.d");
     if modules.is_dir() {
         let dest = tree.join("usr/lib/dracut/modules.d");
-        let mut from = modules.into_os_string();
-        from.push("/.");
-        crate::util::run(
-            std::process::Command::new("cp")
-                .args(["-a", "--no-target-directory"])
-                .arg(&from)
-                .arg(&dest),
-            "installing hostctl's dracut modules into the tree",
-        )?;
+        crate::rootfs::copy_tree_into(&modules, &dest)
+            .context("installing hostctl's dracut modules into the tree")?;
     }
     Ok(())
 }

@@ -98,7 +98,7 @@ fn extract_tarball(tarball: &Path, tree: &Path) -> Result<()> {
 }
 
 /// Copy the contents of `src` over `dst`, keeping everything `cp -a` keeps.
-fn copy_tree_into(src: &Path, dst: &Path) -> Result<()> {
+pub fn copy_tree_into(src: &Path, dst: &Path) -> Result<()> {
     let mut from = src.as_os_str().to_owned();
     from.push("/.");
     run(

@@ -189,6 +189,9 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
         "usr/lib/ostree/ostree-prepare-root",
         "usr/lib/systemd/system/ostree-prepare-root.service",
         "initrd-root-fs.target.wants/ostree-prepare-root.service",
+        // hostctl's bootlink repair (dracut/modules.d/90hostctl).
+        "usr/lib/hostctl/hostctl-bootlink.sh",
+        "initrd-root-fs.target.wants/hostctl-bootlink.service",
         "usr/lib/systemd/systemd",
     ] {
         assert!(initrd.contains(want), "lsinitrd lacks {want}");
