@@ -103,6 +103,7 @@ fn deploy_commit(
         println!("Staged {checksum}; it is finalized at shutdown and boots next.");
         return Ok(());
     }
+    let before = deployment_ids(&host.deployments());
     let new = host
         .sysroot
         .deploy_tree_with_options(
@@ -113,8 +114,8 @@ fn deploy_commit(
             Some(&opts),
             gio::Cancellable::NONE,
         )
-        .with_context(|| format!("deploying commit {checksum} in stateroot {osname}"))?;
-    let result = (|| {
+        .with_context(|| format!("deploying commit {checksum} in stateroot {osname}"));
+    let result = new.and_then(|new| {
         create_system_users(&host.deployment_dir(&new))?;
         let deps = host.deployments();
         let merge_idx = merge.and_then(|m| deps.iter().position(|d| d.equal(m)));
@@ -122,15 +123,58 @@ fn deploy_commit(
         let mut list = vec![sysroot::handle(&new)];
         list.extend(keep.into_iter().map(|i| sysroot::handle(&deps[i])));
         write_and_publish(host, &list)
-    })();
-    if result.is_err() {
-        // The new deployment directory is not in any boot entry; removing
-        // it now restores the sysroot instead of waiting for a cleanup.
-        let _ = host.sysroot.cleanup(gio::Cancellable::NONE);
+    });
+    if let Err(e) = result {
+        return Err(match remove_unlisted_deployments(&host.path, &before) {
+            Ok(()) => e,
+            Err(why) => e.context(format!(
+                "the failed deployment was left in place for `hostctl cleanup` ({why:#})"
+            )),
+        });
     }
-    result?;
     println!("Deployed {checksum}; it is the default for the next boot.");
     Ok(())
+}
+
+/// (stateroot, checksum, serial) of each deployment, in boot order.
+fn deployment_ids(deps: &[ostree::Deployment]) -> Vec<(String, String, i32)> {
+    deps.iter()
+        .map(|d| {
+            (
+                d.osname().to_string(),
+                d.csum().to_string(),
+                d.deployserial(),
+            )
+        })
+        .collect()
+}
+
+/// After a failed deploy, remove the deployment directory it made (a
+/// checkout no boot entry names), but only once a fresh look at the sysroot
+/// shows the deployment list exactly as it was before: if the failure came
+/// while libostree was switching the list, a cleanup working from a
+/// half-switched list can delete the deployments that still boot (and the
+/// handle that failed may hold state libostree no longer expects). A fresh,
+/// unlocked handle is used while the caller still holds the lock.
+fn remove_unlisted_deployments(path: &Path, before: &[(String, String, i32)]) -> Result<()> {
+    let fresh = ostree::Sysroot::new(Some(&gio::File::for_path(path)));
+    fresh
+        .load(gio::Cancellable::NONE)
+        .with_context(|| format!("reloading sysroot {}", path.display()))?;
+    let now = deployment_ids(&fresh.deployments());
+    if now != before {
+        bail!(
+            "the deployment list of {} changed while the deploy failed",
+            path.display()
+        );
+    }
+    let loader = path.join("boot/loader");
+    if !before.is_empty() && !loader.join("entries").is_dir() {
+        bail!("{} does not lead to boot entries", loader.display());
+    }
+    fresh
+        .cleanup(gio::Cancellable::NONE)
+        .with_context(|| format!("cleaning up {}", path.display()))
 }
 
 /// Write a new deployment list and, on a host that boots from hostctl's ESP
@@ -198,8 +242,9 @@ fn describe(c: &CommitInfo) -> String {
 }
 
 pub fn install(t: &Target, args: &InstallArgs) -> Result<Outcome> {
+    kargs::validate_all(&args.kargs).context("--karg")?;
     let path = t.sysroot;
-    std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    sysroot::require_own_filesystem(path)?;
     let before = top_level_entries(path)?;
     let result = install_inner(t, args);
     if result.is_err() {

@@ -23,7 +23,81 @@ pub struct Probe {
     pub head: String,
     pub refspec: Refspec,
     // Keeps the throwaway repository alive as long as `repo` is used.
-    _dir: Option<tempfile::TempDir>,
+    _dir: Option<ProbeDir>,
+}
+
+/// A throwaway repository's directory, with a lock held for as long as it
+/// is in use: a run that is killed cannot remove its directory, so the next
+/// run removes every probe directory whose lock nobody holds.
+struct ProbeDir {
+    dir: tempfile::TempDir,
+    _lock: std::fs::File,
+}
+
+const PROBE_PREFIX: &str = "hostctl-probe-";
+const PROBE_LOCK: &str = "owner.lock";
+
+fn flock(f: &std::fs::File, wait: bool) -> bool {
+    use std::os::fd::AsRawFd;
+    let op = if wait {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_EX | libc::LOCK_NB
+    };
+    // SAFETY: flock on a file descriptor we own.
+    unsafe { libc::flock(f.as_raw_fd(), op) == 0 }
+}
+
+impl ProbeDir {
+    fn new() -> Result<Self> {
+        remove_stale_probe_dirs(&std::env::temp_dir());
+        let dir = tempfile::Builder::new()
+            .prefix(PROBE_PREFIX)
+            .tempdir()
+            .context("creating a temporary repository for the update check")?;
+        let path = dir.path().join(PROBE_LOCK);
+        let lock =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        if !flock(&lock, true) {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("locking {}", path.display()));
+        }
+        Ok(ProbeDir { dir, _lock: lock })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Best effort: a directory that cannot be removed now is tried again by
+/// the next run. One without a lock file yet may be another run's, between
+/// creating the directory and its lock, so it is left unless it is old.
+fn remove_stale_probe_dirs(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(PROBE_PREFIX) {
+            continue;
+        }
+        let dir = e.path();
+        let stale = match std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join(PROBE_LOCK))
+        {
+            Ok(f) => flock(&f, false),
+            Err(_) => e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(3600)),
+        };
+        if stale {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
 }
 
 pub fn remote_url(repo: &ostree::Repo, remote: &str) -> Result<String> {
@@ -40,6 +114,10 @@ fn pull_options(
 ) -> glib::Variant {
     let opts = glib::VariantDict::new(None);
     opts.insert_value("refs", &vec![branch.to_string()].to_variant());
+    // libostree trusts a local (file://) source and skips checksumming what
+    // it copies; a repository on a shared disk or a mounted medium is no
+    // more trustworthy than a server, so every object is verified.
+    let flags = flags | ostree::RepoPullFlags::UNTRUSTED;
     opts.insert_value("flags", &(flags.bits() as i32).to_variant());
     opts.insert_value("depth", &depth.to_variant());
     if let Some(c) = commit {
@@ -74,10 +152,7 @@ pub fn probe(
         });
     };
     let url = remote_url(sysroot_repo, remote)?;
-    let dir = tempfile::Builder::new()
-        .prefix("hostctl-probe-")
-        .tempdir()
-        .context("creating a temporary repository for the update check")?;
+    let dir = ProbeDir::new()?;
     let repo = ostree::Repo::new_for_path(dir.path());
     repo.create(ostree::RepoMode::Archive, gio::Cancellable::NONE)
         .with_context(|| format!("creating temporary repository {}", dir.path().display()))?;
@@ -109,6 +184,7 @@ pub fn probe(
         None,
         gio::Cancellable::NONE,
     )
+    .map_err(explain_pull_error)
     .with_context(|| {
         format!(
             "fetching ref {} from remote {remote} ({url})",
@@ -139,6 +215,21 @@ impl Probe {
     }
 }
 
+/// libostree reports a summary file that is truncated or corrupt with
+/// GVariant's bare "Not normal form"; the summary is the one unchecksummed
+/// variant a pull parses (commits and trees are verified by checksum first),
+/// so say what is wrong and where to fix it.
+fn explain_pull_error(e: glib::Error) -> anyhow::Error {
+    if e.message().contains("Not normal form") {
+        anyhow::anyhow!(
+            "{}: the remote's summary file is malformed (truncated or corrupt); regenerate it on the server (`ostree summary -u`)",
+            e.message()
+        )
+    } else {
+        e.into()
+    }
+}
+
 /// Pull exactly `checksum` of `refspec` into the sysroot repository, through
 /// the configured remote (and whatever verification it is set up with).
 pub fn pull_into_sysroot(repo: &ostree::Repo, refspec: &Refspec, checksum: &str) -> Result<()> {
@@ -157,6 +248,7 @@ pub fn pull_into_sysroot(repo: &ostree::Repo, refspec: &Refspec, checksum: &str)
         None,
         gio::Cancellable::NONE,
     )
+    .map_err(explain_pull_error)
     .with_context(|| format!("pulling {checksum} of {refspec} into the sysroot repository"))
 }
 

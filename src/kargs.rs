@@ -16,6 +16,47 @@ pub enum KargsError {
     ReplaceNeedsValue(String),
     #[error("empty kernel argument")]
     Empty,
+    #[error("kernel argument {0:?} contains a control character (newline, tab, escape...); boot entries hold one line of arguments")]
+    ControlChar(String),
+    #[error("kernel argument {0:?} contains a non-ASCII character; the kernel splits its command line on bytes such as 0xA0 that UTF-8 text contains")]
+    NonAscii(String),
+    #[error("kernel argument {0:?} has an unbalanced double quote")]
+    UnbalancedQuote(String),
+    #[error("kernel argument {0:?} contains a space outside double quotes, so the kernel would read it as several arguments; quote the value (KEY=\"A B\") or pass each argument on its own")]
+    Space(String),
+}
+
+/// Check that `arg` is exactly one argument as the kernel (and systemd-boot,
+/// and libostree's BLS writer) will split the command line: anything else
+/// would be written into the one-line `options` of a boot entry and change
+/// its meaning, or break the entry file (a newline starts a new key).
+pub fn validate(arg: &str) -> Result<(), KargsError> {
+    if arg.is_empty() {
+        return Err(KargsError::Empty);
+    }
+    if arg.chars().any(char::is_control) {
+        return Err(KargsError::ControlChar(arg.to_string()));
+    }
+    if !arg.is_ascii() {
+        return Err(KargsError::NonAscii(arg.to_string()));
+    }
+    let mut quoted = false;
+    for c in arg.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ' ' if !quoted => return Err(KargsError::Space(arg.to_string())),
+            _ => {}
+        }
+    }
+    if quoted {
+        return Err(KargsError::UnbalancedQuote(arg.to_string()));
+    }
+    Ok(())
+}
+
+/// `validate` for a list, naming the first bad argument.
+pub fn validate_all(args: &[String]) -> Result<(), KargsError> {
+    args.iter().try_for_each(|a| validate(a))
 }
 
 /// Split a kernel command line into arguments; double quotes group spaces
@@ -62,13 +103,14 @@ pub fn apply(args: &[String], edits: &[Edit]) -> Result<Vec<String>, KargsError>
     for edit in edits {
         match edit {
             Edit::Append(a) => {
-                if a.is_empty() {
-                    return Err(KargsError::Empty);
-                }
+                validate(a)?;
                 args.push(a.clone());
             }
             Edit::Delete(a) => delete(&mut args, a)?,
-            Edit::Replace(a) => replace(&mut args, a)?,
+            Edit::Replace(a) => {
+                validate(a)?;
+                replace(&mut args, a)?
+            }
         }
     }
     Ok(args)
@@ -216,6 +258,55 @@ mod tests {
             apply(&v("a"), &[Edit::Replace("a".into())]),
             Err(KargsError::ReplaceNeedsValue("a".into()))
         );
+    }
+
+    #[test]
+    fn validate_accepts_single_arguments_only() {
+        for ok in [
+            "quiet",
+            "console=ttyS0,115200",
+            r#"foo="a b""#,
+            r#""x y"=1"#,
+            "a=b=c",
+        ] {
+            assert_eq!(validate(ok), Ok(()), "{ok:?}");
+        }
+        for (bad, err) in [
+            ("foo=1\nbar", KargsError::ControlChar("foo=1\nbar".into())),
+            ("a\tb", KargsError::ControlChar("a\tb".into())),
+            ("a\0b", KargsError::ControlChar("a\0b".into())),
+            ("e=\x1b", KargsError::ControlChar("e=\x1b".into())),
+            ("\u{85}", KargsError::ControlChar("\u{85}".into())),
+            ("à", KargsError::NonAscii("à".into())),
+            (
+                r#"foo="open"#,
+                KargsError::UnbalancedQuote(r#"foo="open"#.into()),
+            ),
+            ("foo=a b", KargsError::Space("foo=a b".into())),
+            (" lead", KargsError::Space(" lead".into())),
+            ("trail ", KargsError::Space("trail ".into())),
+            (r#"x="a b" y"#, KargsError::Space(r#"x="a b" y"#.into())),
+            ("\u{a0}nbsp", KargsError::NonAscii("\u{a0}nbsp".into())),
+            ("", KargsError::Empty),
+        ] {
+            assert_eq!(validate(bad), Err(err), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn edits_validate_what_they_write() {
+        assert_eq!(
+            apply(&v("a=1"), &[Edit::Append("b=1\nc".into())]),
+            Err(KargsError::ControlChar("b=1\nc".into()))
+        );
+        assert_eq!(
+            apply(&v("a=1"), &[Edit::Replace("a=1 2".into())]),
+            Err(KargsError::Space("a=1 2".into()))
+        );
+        // A quoted value is one argument to every rule.
+        let out = apply(&v("a=1"), &[Edit::Append(r#"f="x y""#.into())]).unwrap();
+        assert_eq!(split(&out.join(" ")), out);
+        assert_eq!(apply(&out, &[Edit::Delete("f".into())]).unwrap(), v("a=1"));
     }
 
     #[test]

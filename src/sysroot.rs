@@ -153,6 +153,65 @@ fn open_inner(
     Ok(host)
 }
 
+/// Refuse to install into anything but a filesystem mounted at `path`:
+/// libostree freezes and thaws the filesystem that holds `/boot` while it
+/// writes boot entries, and a directory (or a path hostctl would create) on
+/// the machine's own root filesystem would freeze the machine itself.
+pub fn require_own_filesystem(path: &Path) -> Result<()> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "sysroot {} does not exist; mount the target filesystem (a partition or a loop-mounted image) there first",
+            path.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if !meta.is_dir() {
+        bail!("sysroot {} is not a directory", path.display());
+    }
+    let canonical =
+        std::fs::canonicalize(path).with_context(|| format!("resolving {}", path.display()))?;
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    if canonical == Path::new("/") || !mount_points(&mountinfo).contains(&canonical) {
+        bail!(
+            "sysroot {} is not a mount point of its own: deploying freezes the filesystem that holds its /boot, which here would be this machine's own; mount the target filesystem (a partition or a loop-mounted image) at {} first",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Mount points listed in `/proc/self/mountinfo` (field 5, with the
+/// kernel's octal escapes for space, tab, newline and backslash undone).
+pub fn mount_points(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape_octal(m)))
+        .collect()
+}
+
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Another handle to the same deployment object. libostree recognises the
 /// booted deployment in a new deployment list by pointer, and
 /// `Deployment::clone()` resolves to the inherent `ostree_deployment_clone`
@@ -247,6 +306,16 @@ pub fn deployment_kargs(d: &ostree::Deployment) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_points_are_read_from_mountinfo() {
+        let info = "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
+                    90 22 7:0 / /tmp/a\\040b rw - ext4 /dev/loop0 rw\n";
+        assert_eq!(
+            mount_points(info),
+            vec![PathBuf::from("/"), PathBuf::from("/tmp/a b")]
+        );
+    }
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
