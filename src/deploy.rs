@@ -172,9 +172,67 @@ fn remove_unlisted_deployments(path: &Path, before: &[(String, String, i32)]) ->
     if !before.is_empty() && !loader.join("entries").is_dir() {
         bail!("{} does not lead to boot entries", loader.display());
     }
-    fresh
+    let cleaned = fresh
         .cleanup(gio::Cancellable::NONE)
-        .with_context(|| format!("cleaning up {}", path.display()))
+        .with_context(|| format!("cleaning up {}", path.display()));
+    if let Err(why) = cleaned {
+        // libostree's cleanup writes refs before it deletes anything, so on
+        // a full disk it fails exactly when a half-made checkout is most
+        // likely; removing the directories no deployment names needs no
+        // new space. Only if that also fails is something really left.
+        remove_unlisted_dirs(path, before).with_context(|| format!("{why:#}"))?;
+    }
+    Ok(())
+}
+
+/// Remove `ostree/deploy/<stateroot>/deploy/<checksum>.<serial>` entries
+/// (and their `.origin`) that are not in `listed`.
+fn remove_unlisted_dirs(path: &Path, listed: &[(String, String, i32)]) -> Result<()> {
+    let deploy_root = path.join("ostree/deploy");
+    let stateroots = match std::fs::read_dir(&deploy_root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", deploy_root.display())),
+    };
+    for stateroot in stateroots {
+        let stateroot = stateroot.with_context(|| format!("listing {}", deploy_root.display()))?;
+        let osname = stateroot.file_name().to_string_lossy().into_owned();
+        let dir = stateroot.path().join("deploy");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((csum, serial)) = parse_deploy_name(&name) else {
+                continue;
+            };
+            if listed
+                .iter()
+                .any(|(o, c, s)| *o == osname && c == csum && *s == serial)
+            {
+                continue;
+            }
+            let p = entry.path();
+            let removed = if p.is_dir() && !p.is_symlink() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+            removed.with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// `<64 hex>.<serial>` or `<64 hex>.<serial>.origin` → (checksum, serial).
+fn parse_deploy_name(name: &str) -> Option<(&str, i32)> {
+    let name = name.strip_suffix(".origin").unwrap_or(name);
+    let (csum, serial) = name.split_once('.')?;
+    if csum.len() != 64 || !csum.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    Some((csum, serial.parse().ok()?))
 }
 
 /// Write a new deployment list and, on a host that boots from hostctl's ESP
@@ -699,4 +757,23 @@ pub fn boot_check(t: &Target, args: &BootCheckArgs) -> Result<Outcome> {
     std::fs::write(FALLBACK_NOTE, format!("{note}\n"))
         .with_context(|| format!("writing {FALLBACK_NOTE}"))?;
     Ok(Outcome::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_deploy_name;
+
+    #[test]
+    fn deployment_names_are_recognised_and_nothing_else() {
+        let c = "a".repeat(64);
+        assert_eq!(parse_deploy_name(&format!("{c}.0")), Some((c.as_str(), 0)));
+        assert_eq!(
+            parse_deploy_name(&format!("{c}.12.origin")),
+            Some((c.as_str(), 12))
+        );
+        assert_eq!(parse_deploy_name(&format!("{c}.x")), None);
+        assert_eq!(parse_deploy_name(&format!("{}.0", "g".repeat(64))), None);
+        assert_eq!(parse_deploy_name("abc.0"), None);
+        assert_eq!(parse_deploy_name("lost+found"), None);
+    }
 }

@@ -236,6 +236,14 @@ pub fn pull_into_sysroot(repo: &ostree::Repo, refspec: &Refspec, checksum: &str)
     let Some(remote) = refspec.remote.as_deref() else {
         return Ok(());
     };
+    // A commit fetched whole before (`--download-only`, or an older
+    // deployment's) was verified then; pulling it again would only need
+    // free space for a staging directory, which a nearly full disk lacks.
+    if let Ok((_, state)) = repo.load_commit(checksum) {
+        if !state.contains(ostree::RepoCommitState::PARTIAL) {
+            return Ok(());
+        }
+    }
     println!("Pulling {checksum} from {remote}:{}...", refspec.branch);
     repo.pull_with_options(
         remote,

@@ -349,3 +349,69 @@ fn a_truncated_summary_is_named_in_the_error() {
         assert_same(&before, &fingerprint(fx.sysroot()), "a truncated summary");
     }
 }
+
+/// Disk full while libostree checks the new deployment out (the commit is
+/// already downloaded): each attempt used to leave its `<checksum>.N`.
+#[test]
+fn a_full_disk_during_checkout_leaves_no_half_made_deployment() {
+    let fx = Fixture::with_size(160);
+    fx.build.commit("stable", "1.0", T0, &base_files("1.0"));
+    fx.install("stable", &[]);
+    let mut f2 = base_files("2.0");
+    for i in 0..200 {
+        f2.insert(format!("usr/share/many/dir{i}/file"), format!("{i}\n"));
+    }
+    fx.build.commit("stable", "2.0", T0 + 100, &f2);
+    hostctl_ok(fx.sysroot(), &["upgrade", "--download-only"]);
+    let dirs = deploy_dirs(fx.sysroot());
+    let filler = fx.sysroot().join("filler");
+    // Fill every free block, then every free inode-bearing block we can.
+    let _ = Command::new("fallocate")
+        .args(["-l", "1G"])
+        .arg(&filler)
+        .status();
+    let free_mb = {
+        let out = sh(Command::new("df")
+            .args(["--output=avail", "-m"])
+            .arg(fx.sysroot()));
+        out.lines().nth(1).unwrap().trim().parse::<u64>().unwrap()
+    };
+    if free_mb > 0 {
+        let _ = Command::new("fallocate")
+            .args(["-l", &format!("{}M", free_mb + 1)])
+            .arg(fx.sysroot().join("filler2"))
+            .status();
+    }
+    let mut n = 0;
+    while fs::write(fx.sysroot().join(format!("fill-{n}")), "x".repeat(4096)).is_ok() {
+        n += 1;
+    }
+    // Leave a few blocks free so that the checkout starts, makes its
+    // directory and runs out of space half way through the tree.
+    for i in 0..n.min(24) {
+        fs::remove_file(fx.sysroot().join(format!("fill-{i}"))).unwrap();
+    }
+    let before = boot_state(&fingerprint(fx.sysroot()));
+    for _ in 0..3 {
+        let out = hostctl(fx.sysroot(), &["upgrade"]);
+        assert_clean_failure(&out, "upgrade on a full disk");
+        let err = stderr(&out);
+        assert!(err.contains("No space left"), "cause not named: {err}");
+        assert!(!err.contains("left in place"), "claims a leftover: {err}");
+        assert_eq!(deploy_dirs(fx.sysroot()), dirs, "half-made deployment left");
+    }
+    assert_same(
+        &before,
+        &boot_state(&fingerprint(fx.sysroot())),
+        "an upgrade on a full disk",
+    );
+    for e in fs::read_dir(fx.sysroot()).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if name.starts_with("fill") {
+            fs::remove_file(fx.sysroot().join(name)).unwrap();
+        }
+    }
+    hostctl_ok(fx.sysroot(), &["upgrade"]);
+    assert_eq!(fx.admin_status()[0].version.as_deref(), Some("2.0"));
+    fsck(fx.sysroot());
+}
