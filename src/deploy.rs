@@ -119,7 +119,7 @@ fn deploy_commit(
         create_system_users(&host.deployment_dir(&new))?;
         let deps = host.deployments();
         let merge_idx = merge.and_then(|m| deps.iter().position(|d| d.equal(m)));
-        let keep = plan::retain_after_deploy(&host.slots(), osname, merge_idx);
+        let keep = plan::retain_after_deploy(host.roles().slots(), osname, merge_idx);
         let mut list = vec![sysroot::handle(&new)];
         list.extend(keep.into_iter().map(|i| sysroot::handle(&deps[i])));
         write_and_publish(host, &list)
@@ -565,7 +565,7 @@ pub fn rebase(t: &Target, args: &RebaseArgs) -> Result<Outcome> {
 pub fn rollback(t: &Target) -> Result<Outcome> {
     let host = sysroot::open(t.sysroot, t.stateroot, true)?;
     let deps = host.deployments();
-    let order = plan::rollback_order(&host.slots())
+    let order = plan::rollback_order(&host.roles())
         .with_context(|| format!("rolling back {}", host.path.display()))?;
     let list: Vec<ostree::Deployment> = order.iter().map(|&i| sysroot::handle(&deps[i])).collect();
     write_and_publish(&host, &list)?;
@@ -642,8 +642,8 @@ pub fn pin(t: &Target, args: &PinArgs) -> Result<Outcome> {
 pub fn cleanup(t: &Target, args: &CleanupArgs) -> Result<Outcome> {
     let host = sysroot::open(t.sysroot, t.stateroot, true)?;
     let deps = host.deployments();
-    let slots = host.slots();
-    let remove = plan::cleanup_removals(&slots, args.pending, args.rollback);
+    let roles = host.roles();
+    let remove = plan::cleanup_removals(&roles, args.pending, args.rollback);
     if !remove.is_empty() {
         let keep: Vec<ostree::Deployment> = (0..deps.len())
             .filter(|i| !remove.contains(i))
@@ -684,10 +684,10 @@ pub fn db_diff(t: &Target, args: &DbDiffArgs) -> Result<Outcome> {
             }),
         }
     };
-    let booted = deps.iter().position(|d| host.is_booted_deployment(d));
+    let roles = host.roles();
     let from = pick(
         args.from.as_deref(),
-        booted.or((deps.len() > 1).then_some(1)),
+        roles.booted().or(roles.rollback()),
         "FROM",
     )?;
     let to = pick(args.to.as_deref(), (from != 0).then_some(0), "TO")?;
@@ -717,7 +717,7 @@ pub fn boot_check(t: &Target, args: &BootCheckArgs) -> Result<Outcome> {
         return Ok(Outcome::Unchanged { exit_77: false });
     }
     let deps = host.deployments();
-    let Some(bi) = deps.iter().position(|d| host.is_booted_deployment(d)) else {
+    let Some(bi) = host.roles().booted() else {
         bail!("the booted deployment is not in the deployment list");
     };
     let booted = &deps[bi];

@@ -19,6 +19,7 @@ pub mod origin;
 pub mod packages;
 pub mod pkgdiff;
 pub mod plan;
+pub mod roles;
 pub mod postprocess;
 pub mod repo;
 pub mod rootfs;

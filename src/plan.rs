@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use thiserror::Error;
 
+pub use crate::roles::{Roles, Slot};
+
 /// What the verbs need to know about a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitInfo {
@@ -79,15 +81,6 @@ pub fn select_revision<'a>(
     }
 }
 
-/// A deployment as the planning functions see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Slot {
-    pub osname: String,
-    pub booted: bool,
-    pub staged: bool,
-    pub pinned: bool,
-}
-
 /// Indices of the existing deployments to keep after a new one is put in
 /// front: other stateroots, the booted one, the one the new deployment's
 /// `/etc` was merged from (it becomes the rollback), and pinned ones.
@@ -114,10 +107,10 @@ pub enum RollbackError {
 ///   deployment is discarded (it was never finalized); an already written
 ///   one moves to second place so another rollback brings it back.
 /// - Otherwise the default and the rollback deployment swap places.
-pub fn rollback_order(slots: &[Slot]) -> Result<Vec<usize>, RollbackError> {
-    let booted = slots.iter().position(|s| s.booted);
+pub fn rollback_order(roles: &Roles) -> Result<Vec<usize>, RollbackError> {
+    let slots = roles.slots();
     let mut order: Vec<usize> = (0..slots.len()).collect();
-    match booted {
+    match roles.booted() {
         Some(b) if b > 0 => {
             order.retain(|&i| !slots[i].staged);
             let pos = order
@@ -126,39 +119,30 @@ pub fn rollback_order(slots: &[Slot]) -> Result<Vec<usize>, RollbackError> {
                 .expect("booted is never staged");
             let booted_idx = order.remove(pos);
             order.insert(0, booted_idx);
-            if order.len() < 2 && !slots.iter().any(|s| s.staged) {
+            if order.len() < 2 && !roles.any_staged() {
                 return Err(RollbackError::NoRollback);
             }
         }
         _ => {
-            if slots.len() < 2 {
-                return Err(RollbackError::NoRollback);
-            }
-            order.swap(0, 1);
+            let r = roles.rollback().ok_or(RollbackError::NoRollback)?;
+            order.swap(0, r);
         }
     }
     Ok(order)
 }
 
-/// Which deployments `cleanup` removes. Pending: those ahead of the booted
-/// one (nothing on an unbooted sysroot, where nothing is pending). Rollback:
-/// the one after the booted one, or after the default when nothing is
-/// booted. Pinned deployments are never removed here; unpin them first.
-pub fn cleanup_removals(slots: &[Slot], pending: bool, rollback: bool) -> Vec<usize> {
-    let booted = slots.iter().position(|s| s.booted);
+/// Which deployments `cleanup` removes: the pending ones (those ahead of
+/// the booted one) and the rollback one, as [`Roles`] decides them. Pinned
+/// deployments are never removed here; unpin them first.
+pub fn cleanup_removals(roles: &Roles, pending: bool, rollback: bool) -> Vec<usize> {
     let mut out = Vec::new();
     if pending {
-        if let Some(b) = booted {
-            out.extend(0..b);
-        }
+        out.extend(roles.pending());
     }
     if rollback {
-        let r = booted.unwrap_or(0) + 1;
-        if r < slots.len() {
-            out.push(r);
-        }
+        out.extend(roles.rollback());
     }
-    out.retain(|&i| !slots[i].pinned);
+    out.retain(|&i| !roles.is_pinned(i));
     out.sort_unstable();
     out.dedup();
     out
@@ -309,31 +293,31 @@ mod tests {
     #[test]
     fn rollback_swaps_or_undoes_pending() {
         let s = vec![slot(false, false, false), slot(false, false, false)];
-        assert_eq!(rollback_order(&s).unwrap(), vec![1, 0]);
+        assert_eq!(rollback_order(&Roles::new(s.clone())).unwrap(), vec![1, 0]);
         let s = vec![
             slot(true, false, false),
             slot(false, false, false),
             slot(false, false, true),
         ];
-        assert_eq!(rollback_order(&s).unwrap(), vec![1, 0, 2]);
+        assert_eq!(rollback_order(&Roles::new(s.clone())).unwrap(), vec![1, 0, 2]);
         // Staged ahead of booted: the staged one goes, booted stays default.
         let s = vec![
             slot(false, true, false),
             slot(true, false, false),
             slot(false, false, false),
         ];
-        assert_eq!(rollback_order(&s).unwrap(), vec![1, 2]);
+        assert_eq!(rollback_order(&Roles::new(s.clone())).unwrap(), vec![1, 2]);
         let s = vec![slot(false, true, false), slot(true, false, false)];
-        assert_eq!(rollback_order(&s).unwrap(), vec![1]);
+        assert_eq!(rollback_order(&Roles::new(s.clone())).unwrap(), vec![1]);
         // A written pending deployment moves behind the booted one.
         let s = vec![slot(false, false, false), slot(true, false, false)];
-        assert_eq!(rollback_order(&s).unwrap(), vec![1, 0]);
+        assert_eq!(rollback_order(&Roles::new(s.clone())).unwrap(), vec![1, 0]);
         assert_eq!(
-            rollback_order(&[slot(false, false, false)]),
+            rollback_order(&Roles::new(vec![slot(false, false, false)])),
             Err(RollbackError::NoRollback)
         );
         assert_eq!(
-            rollback_order(&[slot(true, false, false)]),
+            rollback_order(&Roles::new(vec![slot(true, false, false)])),
             Err(RollbackError::NoRollback)
         );
     }
@@ -345,13 +329,13 @@ mod tests {
             slot(true, false, false),
             slot(false, false, false),
         ];
-        assert_eq!(cleanup_removals(&s, true, false), vec![0]);
-        assert_eq!(cleanup_removals(&s, false, true), vec![2]);
-        assert_eq!(cleanup_removals(&s, true, true), vec![0, 2]);
+        assert_eq!(cleanup_removals(&Roles::new(s.clone()), true, false), vec![0]);
+        assert_eq!(cleanup_removals(&Roles::new(s.clone()), false, true), vec![2]);
+        assert_eq!(cleanup_removals(&Roles::new(s.clone()), true, true), vec![0, 2]);
         let s = vec![slot(false, false, false), slot(false, false, true)];
-        assert!(cleanup_removals(&s, true, true).is_empty());
+        assert!(cleanup_removals(&Roles::new(s.clone()), true, true).is_empty());
         let s = vec![slot(false, false, false), slot(false, false, false)];
-        assert_eq!(cleanup_removals(&s, false, true), vec![1]);
+        assert_eq!(cleanup_removals(&Roles::new(s.clone()), false, true), vec![1]);
     }
 
     #[test]

@@ -33,14 +33,6 @@ struct StatusJson<'a> {
     deployments: &'a [DeploymentInfo],
 }
 
-/// Which index is the rollback target: the deployment right after the booted
-/// one; without a booted deployment (a sysroot being prepared offline), the
-/// one right after the default.
-pub fn rollback_index(booted: Option<usize>, count: usize) -> Option<usize> {
-    let after = booted.unwrap_or(0) + 1;
-    (after < count).then_some(after)
-}
-
 pub fn id(osname: &str, checksum: &str, serial: i32) -> String {
     format!("{osname}-{checksum}.{serial}")
 }
@@ -132,17 +124,6 @@ mod tests {
             rollback: false,
             kargs: vec!["quiet".into(), "ostree=/ostree/boot.1/x".into()],
         }
-    }
-
-    #[test]
-    fn rollback_follows_booted_or_default() {
-        assert_eq!(rollback_index(None, 2), Some(1));
-        assert_eq!(rollback_index(None, 1), None);
-        assert_eq!(rollback_index(Some(0), 3), Some(1));
-        // A pending deployment at 0 and the booted one at 1: the rollback is
-        // what comes after the booted one.
-        assert_eq!(rollback_index(Some(1), 3), Some(2));
-        assert_eq!(rollback_index(Some(1), 2), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use ostree::gio;
 
-use crate::plan::Slot;
+use crate::roles::{Roles, Slot};
 use crate::status::{self, DeploymentInfo};
 
 pub struct Host {
@@ -233,16 +233,18 @@ impl Host {
         self.sysroot.booted_deployment().is_some_and(|b| b.equal(d))
     }
 
-    pub fn slots(&self) -> Vec<Slot> {
-        self.deployments()
-            .iter()
-            .map(|d| Slot {
-                osname: d.osname().to_string(),
-                booted: self.is_booted_deployment(d),
-                staged: d.is_staged(),
-                pinned: d.is_pinned(),
-            })
-            .collect()
+    pub fn roles(&self) -> Roles {
+        Roles::new(
+            self.deployments()
+                .iter()
+                .map(|d| Slot {
+                    osname: d.osname().to_string(),
+                    booted: self.is_booted_deployment(d),
+                    staged: d.is_staged(),
+                    pinned: d.is_pinned(),
+                })
+                .collect(),
+        )
     }
 
     /// Absolute path of a deployment's root directory.
@@ -258,13 +260,13 @@ impl Host {
 
     pub fn status(&self) -> Result<Vec<DeploymentInfo>> {
         let deps = self.deployments();
-        let booted_idx = deps.iter().position(|d| self.is_booted_deployment(d));
-        let rollback = status::rollback_index(booted_idx, deps.len());
+        let roles = self.roles();
         let repo = self.repo();
         deps.iter()
             .enumerate()
             .map(|(i, d)| {
                 let checksum = d.csum().to_string();
+                let role = roles.role(i);
                 let info = crate::repo::commit_info(&repo, &checksum).ok();
                 Ok(DeploymentInfo {
                     index: i,
@@ -274,11 +276,11 @@ impl Host {
                     origin: origin_refspec(d),
                     version: info.as_ref().and_then(|c| c.version.clone()),
                     timestamp: info.as_ref().map(|c| c.timestamp),
-                    booted: Some(i) == booted_idx,
-                    staged: d.is_staged(),
-                    pinned: d.is_pinned(),
-                    default: i == 0,
-                    rollback: Some(i) == rollback,
+                    booted: role.booted,
+                    staged: role.staged,
+                    pinned: role.pinned,
+                    default: role.default,
+                    rollback: role.rollback,
                     kargs: deployment_kargs(d),
                     checksum,
                 })
