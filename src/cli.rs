@@ -5,6 +5,15 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::bootloader::cli::PublishOptions;
+use crate::compose::ComposeOptions;
+use crate::deploy::{
+    self, BootCheckOptions, CleanupOptions, DbDiffOptions, DeployOptions, InstallOptions,
+    KargsOptions, PinOptions, RebaseOptions, StatusOptions, Target, UpgradeOptions,
+};
+use crate::image::ImageOptions;
+use crate::Outcome;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "hostctl",
@@ -260,4 +269,174 @@ pub struct PublishEntriesArgs {
         requires = "esp_image"
     )]
     pub esp_offset: u64,
+}
+
+/// Run a parsed command line. This is the only place that turns clap's
+/// structs into the library's options, so the library never sees clap.
+pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
+    let t = Target {
+        sysroot: &cli.sysroot,
+        stateroot: cli.stateroot.as_deref(),
+    };
+    match &cli.command {
+        Command::Compose(ComposeCmd::Tree(a)) => crate::compose::run(&a.into()),
+        Command::Install(a) => deploy::install(&t, &a.into()),
+        Command::Status(a) => deploy::status(&t, &a.into()),
+        Command::Upgrade(a) => deploy::upgrade(&t, &a.into()),
+        Command::Rollback => deploy::rollback(&t),
+        Command::Deploy(a) => deploy::deploy(&t, &a.into()),
+        Command::Rebase(a) => deploy::rebase(&t, &a.into()),
+        Command::Kargs(a) => deploy::kargs(&t, &a.into()),
+        Command::Pin(a) => deploy::pin(&t, &a.into()),
+        Command::Cleanup(a) => deploy::cleanup(&t, &a.into()),
+        Command::Image(ImageCmd::Build(a)) => crate::image::build(t.stateroot, &a.into()),
+        Command::Internal(InternalCmd::BootCheck(a)) => deploy::boot_check(&t, &a.into()),
+        Command::Internal(InternalCmd::PublishEntries(a)) => {
+            crate::bootloader::cli::publish_entries(&cli.sysroot, &a.into())
+        }
+        Command::Db(DbCmd::Diff(a)) => match &a.repo {
+            Some(repo) => {
+                let text = crate::pkgdiff::repo_diff(repo, a.from.as_deref(), a.to.as_deref())?;
+                print!("{text}");
+                Ok(Outcome::Done)
+            }
+            // Host mode: the lists come from the booted and the pending
+            // deployment's commits.
+            None => deploy::db_diff(&t, &a.into()),
+        },
+    }
+}
+
+impl From<&InstallArgs> for InstallOptions {
+    fn from(a: &InstallArgs) -> Self {
+        InstallOptions {
+            repo: a.repo.clone(),
+            refspec: a.refspec.clone(),
+            remote: a.remote.clone(),
+            kargs: a.kargs.clone(),
+        }
+    }
+}
+
+impl From<&StatusArgs> for StatusOptions {
+    fn from(a: &StatusArgs) -> Self {
+        StatusOptions {
+            json: a.json,
+            booted: a.booted,
+            verbose: a.verbose,
+        }
+    }
+}
+
+impl From<&UpgradeArgs> for UpgradeOptions {
+    fn from(a: &UpgradeArgs) -> Self {
+        UpgradeOptions {
+            check: a.check,
+            preview: a.preview,
+            download_only: a.download_only,
+            allow_downgrade: a.allow_downgrade,
+            unchanged_exit_77: a.unchanged_exit_77,
+            reboot: a.reboot,
+        }
+    }
+}
+
+impl From<&DeployArgs> for DeployOptions {
+    fn from(a: &DeployArgs) -> Self {
+        DeployOptions {
+            revision: a.revision.clone(),
+            allow_downgrade: a.allow_downgrade,
+            reboot: a.reboot,
+        }
+    }
+}
+
+impl From<&RebaseArgs> for RebaseOptions {
+    fn from(a: &RebaseArgs) -> Self {
+        RebaseOptions {
+            target: a.target.clone(),
+            reboot: a.reboot,
+        }
+    }
+}
+
+impl From<&KargsArgs> for KargsOptions {
+    fn from(a: &KargsArgs) -> Self {
+        KargsOptions {
+            append: a.append.clone(),
+            delete: a.delete.clone(),
+            replace: a.replace.clone(),
+            reboot: a.reboot,
+        }
+    }
+}
+
+impl From<&PinArgs> for PinOptions {
+    fn from(a: &PinArgs) -> Self {
+        PinOptions {
+            index: a.index,
+            unpin: a.unpin,
+        }
+    }
+}
+
+impl From<&CleanupArgs> for CleanupOptions {
+    fn from(a: &CleanupArgs) -> Self {
+        CleanupOptions {
+            pending: a.pending,
+            rollback: a.rollback,
+        }
+    }
+}
+
+impl From<&DbDiffArgs> for DbDiffOptions {
+    fn from(a: &DbDiffArgs) -> Self {
+        DbDiffOptions {
+            from: a.from.clone(),
+            to: a.to.clone(),
+        }
+    }
+}
+
+impl From<&BootCheckArgs> for BootCheckOptions {
+    fn from(a: &BootCheckArgs) -> Self {
+        BootCheckOptions { esp: a.esp.clone() }
+    }
+}
+
+impl From<&ComposeTreeArgs> for ComposeOptions {
+    fn from(a: &ComposeTreeArgs) -> Self {
+        ComposeOptions {
+            repo: a.repo.clone(),
+            write_commitid_to: a.write_commitid_to.clone(),
+            unchanged_exit_77: a.unchanged_exit_77,
+            force_nocache: a.force_nocache,
+            cachedir: a.cachedir.clone(),
+            workdir: a.workdir.clone(),
+            treefile: a.treefile.clone(),
+        }
+    }
+}
+
+impl From<&ImageBuildArgs> for ImageOptions {
+    fn from(a: &ImageBuildArgs) -> Self {
+        ImageOptions {
+            repo: a.repo.clone(),
+            refspec: a.refspec.clone(),
+            output: a.output.clone(),
+            size: a.size.clone(),
+            kargs: a.kargs.clone(),
+            remote_url: a.remote_url.clone(),
+        }
+    }
+}
+
+impl From<&PublishEntriesArgs> for PublishOptions {
+    fn from(a: &PublishEntriesArgs) -> Self {
+        PublishOptions {
+            esp: a.esp.clone(),
+            esp_image: a.esp_image.clone(),
+            esp_offset: a.esp_offset,
+        }
+    }
 }

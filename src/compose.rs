@@ -7,11 +7,22 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use ostree::glib;
 
-use crate::cli::ComposeTreeArgs;
 use crate::treefile::{self, Treefile};
 use crate::{commit, inputhash, packages, pkgdiff, postprocess, repo, rootfs, version, Outcome};
 
-pub fn run(args: &ComposeTreeArgs) -> Result<Outcome> {
+/// What `hostctl compose tree` is asked to do (docs/cli.md describes each option).
+#[derive(Debug, Clone, Default)]
+pub struct ComposeOptions {
+    pub repo: PathBuf,
+    pub write_commitid_to: Option<PathBuf>,
+    pub unchanged_exit_77: bool,
+    pub force_nocache: bool,
+    pub cachedir: Option<PathBuf>,
+    pub workdir: Option<PathBuf>,
+    pub treefile: PathBuf,
+}
+
+pub fn run(args: &ComposeOptions) -> Result<Outcome> {
     let tf = treefile::load(&args.treefile)?;
     check_inputs(&tf)?;
 

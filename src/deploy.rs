@@ -3,7 +3,7 @@
 //! one libostree step at the end, so a failure before that step leaves
 //! deployments, boot entries and origins as they were.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -11,10 +11,6 @@ use ostree::gio;
 use ostree::glib;
 
 use crate::bootloader;
-use crate::cli::{
-    BootCheckArgs, CleanupArgs, DbDiffArgs, DeployArgs, InstallArgs, KargsArgs, PinArgs,
-    RebaseArgs, StatusArgs, UpgradeArgs,
-};
 use crate::fetch;
 use crate::kargs::{self, Edit};
 use crate::origin::Refspec;
@@ -24,6 +20,85 @@ use crate::repo::commit_info;
 use crate::status;
 use crate::sysroot::{self, origin_refspec, Host};
 use crate::Outcome;
+
+/// What `hostctl install` is asked to do (docs/cli.md describes each option).
+#[derive(Debug, Clone, Default)]
+pub struct InstallOptions {
+    pub repo: String,
+    pub refspec: String,
+    pub remote: String,
+    pub kargs: Vec<String>,
+}
+
+/// What `hostctl status` is asked to do (docs/cli.md describes each option).
+#[derive(Debug, Clone, Default)]
+pub struct StatusOptions {
+    pub json: bool,
+    pub booted: bool,
+    pub verbose: bool,
+}
+
+/// What `hostctl upgrade` is asked to do (docs/cli.md describes each option).
+#[derive(Debug, Clone, Default)]
+pub struct UpgradeOptions {
+    pub check: bool,
+    pub preview: bool,
+    pub download_only: bool,
+    pub allow_downgrade: bool,
+    pub unchanged_exit_77: bool,
+    pub reboot: bool,
+}
+
+/// What `hostctl deploy` is asked to do (docs/cli.md describes each option).
+#[derive(Debug, Clone, Default)]
+pub struct DeployOptions {
+    pub revision: String,
+    pub allow_downgrade: bool,
+    pub reboot: bool,
+}
+
+/// What `hostctl rebase` is asked to do (docs/cli.md describes each option).
+#[derive(Debug, Clone, Default)]
+pub struct RebaseOptions {
+    pub target: String,
+    pub reboot: bool,
+}
+
+/// What `hostctl kargs` is asked to do (docs/cli.md describes each option).
+#[derive(Debug, Clone, Default)]
+pub struct KargsOptions {
+    pub append: Vec<String>,
+    pub delete: Vec<String>,
+    pub replace: Vec<String>,
+    pub reboot: bool,
+}
+
+/// What `hostctl pin` is asked to do (docs/cli.md describes each option).
+#[derive(Debug, Clone, Default)]
+pub struct PinOptions {
+    pub index: usize,
+    pub unpin: bool,
+}
+
+/// What `hostctl cleanup` is asked to do (docs/cli.md describes each option).
+#[derive(Debug, Clone, Default)]
+pub struct CleanupOptions {
+    pub pending: bool,
+    pub rollback: bool,
+}
+
+/// What `hostctl db diff` on a host is asked to do (docs/cli.md describes each option).
+#[derive(Debug, Clone, Default)]
+pub struct DbDiffOptions {
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+/// What the boot-time fallback check is asked to do (docs/cli.md describes each option).
+#[derive(Debug, Clone, Default)]
+pub struct BootCheckOptions {
+    pub esp: PathBuf,
+}
 
 /// Which sysroot and stateroot a verb acts on (the global options).
 pub struct Target<'a> {
@@ -299,7 +374,7 @@ fn describe(c: &CommitInfo) -> String {
     )
 }
 
-pub fn install(t: &Target, args: &InstallArgs) -> Result<Outcome> {
+pub fn install(t: &Target, args: &InstallOptions) -> Result<Outcome> {
     kargs::validate_all(&args.kargs).context("--karg")?;
     let path = t.sysroot;
     sysroot::require_own_filesystem(path)?;
@@ -331,7 +406,7 @@ fn top_level_entries(path: &Path) -> Result<Vec<std::ffi::OsString>> {
         .collect()
 }
 
-fn install_inner(t: &Target, args: &InstallArgs) -> Result<Outcome> {
+fn install_inner(t: &Target, args: &InstallOptions) -> Result<Outcome> {
     let path = t.sysroot;
     let osname = t.stateroot.unwrap_or(DEFAULT_STATEROOT);
     if path
@@ -390,7 +465,7 @@ fn install_inner(t: &Target, args: &InstallArgs) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-pub fn status(t: &Target, args: &StatusArgs) -> Result<Outcome> {
+pub fn status(t: &Target, args: &StatusOptions) -> Result<Outcome> {
     let host = sysroot::open_unlocked_any(t.sysroot, t.stateroot)?;
     let mut deps = host.status()?;
     if !args.json && host.booted {
@@ -438,7 +513,7 @@ fn switch_to(
     Ok(None)
 }
 
-pub fn upgrade(t: &Target, args: &UpgradeArgs) -> Result<Outcome> {
+pub fn upgrade(t: &Target, args: &UpgradeOptions) -> Result<Outcome> {
     let host = sysroot::open(t.sysroot, t.stateroot, true)?;
     let current_dep = default_deployment(&host)?;
     let refspec = deployment_refspec(&current_dep)?;
@@ -512,7 +587,7 @@ fn print_preview(
     Ok(())
 }
 
-pub fn deploy(t: &Target, args: &DeployArgs) -> Result<Outcome> {
+pub fn deploy(t: &Target, args: &DeployOptions) -> Result<Outcome> {
     let host = sysroot::open(t.sysroot, t.stateroot, true)?;
     let current_dep = default_deployment(&host)?;
     let refspec = deployment_refspec(&current_dep)?;
@@ -541,7 +616,7 @@ fn deploy_keeping_origin(
     Ok(Outcome::Done)
 }
 
-pub fn rebase(t: &Target, args: &RebaseArgs) -> Result<Outcome> {
+pub fn rebase(t: &Target, args: &RebaseOptions) -> Result<Outcome> {
     let host = sysroot::open(t.sysroot, t.stateroot, true)?;
     let current_dep = default_deployment(&host)?;
     let current_ref = deployment_refspec(&current_dep)?;
@@ -577,7 +652,7 @@ pub fn rollback(t: &Target) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-fn kargs_edits(args: &KargsArgs) -> Vec<Edit> {
+fn kargs_edits(args: &KargsOptions) -> Vec<Edit> {
     // Deletions first, so `--delete quiet --append quiet=1` swaps the value.
     let mut edits: Vec<Edit> = args.delete.iter().cloned().map(Edit::Delete).collect();
     edits.extend(args.replace.iter().cloned().map(Edit::Replace));
@@ -585,7 +660,7 @@ fn kargs_edits(args: &KargsArgs) -> Vec<Edit> {
     edits
 }
 
-pub fn kargs(t: &Target, args: &KargsArgs) -> Result<Outcome> {
+pub fn kargs(t: &Target, args: &KargsOptions) -> Result<Outcome> {
     let edits = kargs_edits(args);
     let host = sysroot::open(t.sysroot, t.stateroot, !edits.is_empty())?;
     let default = default_deployment(&host)?;
@@ -611,7 +686,7 @@ pub fn kargs(t: &Target, args: &KargsArgs) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-pub fn pin(t: &Target, args: &PinArgs) -> Result<Outcome> {
+pub fn pin(t: &Target, args: &PinOptions) -> Result<Outcome> {
     let host = sysroot::open(t.sysroot, t.stateroot, true)?;
     let deps = host.deployments();
     let d = deps.get(args.index).with_context(|| {
@@ -639,7 +714,7 @@ pub fn pin(t: &Target, args: &PinArgs) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-pub fn cleanup(t: &Target, args: &CleanupArgs) -> Result<Outcome> {
+pub fn cleanup(t: &Target, args: &CleanupOptions) -> Result<Outcome> {
     let host = sysroot::open(t.sysroot, t.stateroot, true)?;
     let deps = host.deployments();
     let roles = host.roles();
@@ -669,7 +744,7 @@ pub fn cleanup(t: &Target, args: &CleanupArgs) -> Result<Outcome> {
 /// deployment indices as `hostctl status` shows them, or checksum prefixes;
 /// by default FROM is the booted deployment (on an unbooted sysroot, the
 /// rollback one) and TO the default one, i.e. what the next boot changes.
-pub fn db_diff(t: &Target, args: &DbDiffArgs) -> Result<Outcome> {
+pub fn db_diff(t: &Target, args: &DbDiffOptions) -> Result<Outcome> {
     let host = sysroot::open_unlocked_any(t.sysroot, t.stateroot)?;
     let deps = host.deployments();
     if deps.is_empty() {
@@ -707,7 +782,7 @@ const FALLBACK_NOTE: &str = "/var/lib/hostctl/fallback";
 /// an older entry because deployment 0's entry ran out of tries (it is marked
 /// bad on the ESP), make the booted deployment the default for good, so the
 /// broken one is not tried again, and record it.
-pub fn boot_check(t: &Target, args: &BootCheckArgs) -> Result<Outcome> {
+pub fn boot_check(t: &Target, args: &BootCheckOptions) -> Result<Outcome> {
     let host = sysroot::open(t.sysroot, t.stateroot, true)?;
     if !host.booted {
         println!(

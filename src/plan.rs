@@ -299,7 +299,10 @@ mod tests {
             slot(false, false, false),
             slot(false, false, true),
         ];
-        assert_eq!(rollback_order(&Roles::new(s.clone())).unwrap(), vec![1, 0, 2]);
+        assert_eq!(
+            rollback_order(&Roles::new(s.clone())).unwrap(),
+            vec![1, 0, 2]
+        );
         // Staged ahead of booted: the staged one goes, booted stays default.
         let s = vec![
             slot(false, true, false),
@@ -329,13 +332,25 @@ mod tests {
             slot(true, false, false),
             slot(false, false, false),
         ];
-        assert_eq!(cleanup_removals(&Roles::new(s.clone()), true, false), vec![0]);
-        assert_eq!(cleanup_removals(&Roles::new(s.clone()), false, true), vec![2]);
-        assert_eq!(cleanup_removals(&Roles::new(s.clone()), true, true), vec![0, 2]);
+        assert_eq!(
+            cleanup_removals(&Roles::new(s.clone()), true, false),
+            vec![0]
+        );
+        assert_eq!(
+            cleanup_removals(&Roles::new(s.clone()), false, true),
+            vec![2]
+        );
+        assert_eq!(
+            cleanup_removals(&Roles::new(s.clone()), true, true),
+            vec![0, 2]
+        );
         let s = vec![slot(false, false, false), slot(false, false, true)];
         assert!(cleanup_removals(&Roles::new(s.clone()), true, true).is_empty());
         let s = vec![slot(false, false, false), slot(false, false, false)];
-        assert_eq!(cleanup_removals(&Roles::new(s.clone()), false, true), vec![1]);
+        assert_eq!(
+            cleanup_removals(&Roles::new(s.clone()), false, true),
+            vec![1]
+        );
     }
 
     #[test]

@@ -1,15 +1,22 @@
 //! `hostctl internal publish-entries`.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
 use super::{publish, DirEsp, MtoolsEsp, PublishReport};
-use crate::cli::PublishEntriesArgs;
 use crate::Outcome;
 
-pub fn publish_entries(sysroot: &Path, args: &PublishEntriesArgs) -> Result<Outcome> {
+/// What publishing boot entries onto an ESP is asked to do (docs/cli.md describes each option).
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    pub esp: PathBuf,
+    pub esp_image: Option<PathBuf>,
+    pub esp_offset: u64,
+}
+
+pub fn publish_entries(sysroot: &Path, args: &PublishOptions) -> Result<Outcome> {
     let report = match &args.esp_image {
         Some(image) => publish(sysroot, &MtoolsEsp::new(image, args.esp_offset))?,
         None => {

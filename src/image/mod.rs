@@ -16,16 +16,26 @@ use anyhow::{Context, Result};
 use ostree::{gio, glib};
 
 use crate::bootloader::{self, MtoolsEsp};
-use crate::cli::{ImageBuildArgs, InstallArgs};
 use crate::deploy::{self, Target};
 use crate::Outcome;
+
+/// What `hostctl image build` is asked to do (docs/cli.md describes each option).
+#[derive(Debug, Clone, Default)]
+pub struct ImageOptions {
+    pub repo: PathBuf,
+    pub refspec: String,
+    pub output: PathBuf,
+    pub size: String,
+    pub kargs: Vec<String>,
+    pub remote_url: Option<String>,
+}
 
 /// systemd-boot, from Debian's `systemd-boot-efi`.
 pub const SYSTEMD_BOOT_EFI: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 /// The remote name the image's host pulls from.
 pub const REMOTE: &str = "origin";
 
-pub fn build(stateroot: Option<&str>, args: &ImageBuildArgs) -> Result<Outcome> {
+pub fn build(stateroot: Option<&str>, args: &ImageOptions) -> Result<Outcome> {
     let size = layout::parse_size(&args.size)?;
     let l = layout::plan(size)?;
     let repo_path = std::path::absolute(&args.repo)
@@ -78,7 +88,7 @@ pub fn build(stateroot: Option<&str>, args: &ImageBuildArgs) -> Result<Outcome> 
             sysroot: &mnt.dir,
             stateroot,
         },
-        &InstallArgs {
+        &deploy::InstallOptions {
             repo: format!("file://{}", repo_path.display()),
             refspec: args.refspec.clone(),
             remote: REMOTE.to_string(),
