@@ -10,4 +10,12 @@ fi
 ./scripts/install-deps.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
-cargo test --all-targets -- --test-threads="${TEST_THREADS:-2}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --all-targets -- --test-threads="${TEST_THREADS:-2}" 2>&1 | tee "$log"
+# GLib criticals and warnings are bugs even when every test passes: users
+# read them as crashes (issue 8).
+if grep -nE 'GLib[-A-Za-z]*-(CRITICAL|WARNING) \*\*' "$log"; then
+  echo "test.sh: the run above printed GLib criticals or warnings" >&2
+  exit 1
+fi

@@ -178,6 +178,9 @@ fn hash_shipped_files(text: &mut String, dracut: bool, hostctl: bool) -> Result<
         for f in files_in(&data.join("systemd-units"))? {
             let _ = writeln!(text, "unit {} {}", f.display(), sha256_file(&f)?);
         }
+        for f in files_in(&data.join("docs"))? {
+            let _ = writeln!(text, "doc {} {}", f.display(), sha256_file(&f)?);
+        }
     }
     Ok(())
 }
@@ -497,7 +500,8 @@ pub fn explain_mmdebstrap_failure(log: &str) -> String {
     picked.join("\n")
 }
 
-/// Copy the running hostctl and the units in `systemd-units/` into the tree.
+/// Copy the running hostctl, the units in `systemd-units/` and the user
+/// docs (which the units' `Documentation=` lines name) into the tree.
 pub fn install_hostctl(tree: &Path) -> Result<()> {
     let exe = std::env::current_exe().context("finding the running hostctl binary")?;
     let dest = tree.join("usr/bin/hostctl");
@@ -508,8 +512,16 @@ pub fn install_hostctl(tree: &Path) -> Result<()> {
         let name = f.file_name().expect("listed file has a name");
         copy_file(&f, &unitdir.join(name), 0o644)?;
     }
+    let docdir = tree.join(HOSTCTL_DOCDIR);
+    for f in files_in(&datadir().join("docs"))? {
+        let name = f.file_name().expect("listed file has a name");
+        copy_file(&f, &docdir.join(name), 0o644)?;
+    }
     Ok(())
 }
+
+/// Where trees with `install-hostctl` carry hostctl's user docs.
+pub const HOSTCTL_DOCDIR: &str = "usr/share/doc/hostctl";
 
 fn copy_file(from: &Path, to: &Path, mode: u32) -> Result<()> {
     if let Some(parent) = to.parent() {

@@ -251,6 +251,38 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
     assert!(!names.contains("initramfs-tools"));
     // hostctl itself is in the tree.
     assert!(root.join("usr/bin/hostctl").is_file());
+    // Every `Documentation=file:` of its units resolves inside the tree.
+    let mut docs = 0;
+    for e in std::fs::read_dir(root.join("usr/lib/systemd/system")).unwrap() {
+        let unit = e.unwrap().path();
+        if !unit
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("hostctl-")
+        {
+            continue;
+        }
+        let text = std::fs::read_to_string(&unit).unwrap();
+        for l in text.lines() {
+            for d in l
+                .strip_prefix("Documentation=")
+                .unwrap_or("")
+                .split_whitespace()
+            {
+                if let Some(p) = d.strip_prefix("file:") {
+                    docs += 1;
+                    let inside = root.join(p.trim_start_matches('/'));
+                    assert!(
+                        inside.is_file(),
+                        "{}: {d} is not in the tree",
+                        unit.display()
+                    );
+                }
+            }
+        }
+    }
+    assert!(docs >= 2, "the units name no documentation file");
 
     // System accounts: an admin-edited /etc/passwd lacking the tree's system
     // users gets them back from /usr/lib/sysusers.d, with the tree's IDs.

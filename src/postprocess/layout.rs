@@ -1,5 +1,5 @@
 //! The OSTree layout: what libostree 2022.7 expects of a tree it deploys
-//! (see DESIGN.md, "Facts about the platform").
+//! (what users see of it: docs/treefile.md, "What the compose does to the tree").
 //!
 //! - `/etc` becomes `/usr/etc` (libostree's default `/etc` for the three-way merge);
 //! - `/var` is emptied; what it held is recreated at boot by tmpfiles.d;

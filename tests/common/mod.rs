@@ -247,12 +247,33 @@ pub fn hostctl_bin() -> &'static str {
 
 /// Run hostctl against `sysroot`.
 pub fn hostctl(sysroot: &Path, args: &[&str]) -> Output {
-    Command::new(hostctl_bin())
-        .arg("--sysroot")
-        .arg(sysroot)
-        .args(args)
-        .output()
-        .expect("running hostctl")
+    run_hostctl(
+        Command::new(hostctl_bin())
+            .arg("--sysroot")
+            .arg(sysroot)
+            .args(args),
+    )
+}
+
+/// Run a prepared hostctl command. A GLib critical or warning on its
+/// stderr fails the test whatever the exit status: users read them as
+/// crashes, and they usually are misuse of a GLib API.
+pub fn run_hostctl(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("running hostctl");
+    assert_no_glib_noise(&String::from_utf8_lossy(&out.stderr), cmd);
+    out
+}
+
+pub fn assert_no_glib_noise(stderr: &str, what: &dyn std::fmt::Debug) {
+    let noisy: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("-CRITICAL **") || l.contains("-WARNING **"))
+        .collect();
+    assert!(
+        noisy.is_empty(),
+        "{what:?} printed GLib diagnostics:\n{}",
+        noisy.join("\n")
+    );
 }
 
 /// Run hostctl and require success, returning stdout.
