@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::bootloader::cli::PublishOptions;
-use crate::compose::ComposeOptions;
-use crate::deploy::{
-    self, BootCheckOptions, CleanupOptions, DbDiffOptions, DeployOptions, InstallOptions,
+use crate::build::compose::ComposeOptions;
+use crate::host::verbs::{
+    self as verbs, BootCheckOptions, CleanupOptions, DbDiffOptions, DeployOptions, InstallOptions,
     KargsOptions, PinOptions, RebaseOptions, StatusOptions, Target, UpgradeOptions,
 };
 use crate::image::ImageOptions;
@@ -279,30 +279,31 @@ pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         stateroot: cli.stateroot.as_deref(),
     };
     match &cli.command {
-        Command::Compose(ComposeCmd::Tree(a)) => crate::compose::run(&a.into()),
-        Command::Install(a) => deploy::install(&t, &a.into()),
-        Command::Status(a) => deploy::status(&t, &a.into()),
-        Command::Upgrade(a) => deploy::upgrade(&t, &a.into()),
-        Command::Rollback => deploy::rollback(&t),
-        Command::Deploy(a) => deploy::deploy(&t, &a.into()),
-        Command::Rebase(a) => deploy::rebase(&t, &a.into()),
-        Command::Kargs(a) => deploy::kargs(&t, &a.into()),
-        Command::Pin(a) => deploy::pin(&t, &a.into()),
-        Command::Cleanup(a) => deploy::cleanup(&t, &a.into()),
+        Command::Compose(ComposeCmd::Tree(a)) => crate::build::compose::run(&a.into()),
+        Command::Install(a) => verbs::install(&t, &a.into()),
+        Command::Status(a) => verbs::status(&t, &a.into()),
+        Command::Upgrade(a) => verbs::upgrade(&t, &a.into()),
+        Command::Rollback => verbs::rollback(&t),
+        Command::Deploy(a) => verbs::deploy(&t, &a.into()),
+        Command::Rebase(a) => verbs::rebase(&t, &a.into()),
+        Command::Kargs(a) => verbs::kargs(&t, &a.into()),
+        Command::Pin(a) => verbs::pin(&t, &a.into()),
+        Command::Cleanup(a) => verbs::cleanup(&t, &a.into()),
         Command::Image(ImageCmd::Build(a)) => crate::image::build(t.stateroot, &a.into()),
-        Command::Internal(InternalCmd::BootCheck(a)) => deploy::boot_check(&t, &a.into()),
+        Command::Internal(InternalCmd::BootCheck(a)) => verbs::boot_check(&t, &a.into()),
         Command::Internal(InternalCmd::PublishEntries(a)) => {
             crate::bootloader::cli::publish_entries(&cli.sysroot, &a.into())
         }
         Command::Db(DbCmd::Diff(a)) => match &a.repo {
             Some(repo) => {
-                let text = crate::pkgdiff::repo_diff(repo, a.from.as_deref(), a.to.as_deref())?;
+                let text =
+                    crate::format::pkglist::repo_diff(repo, a.from.as_deref(), a.to.as_deref())?;
                 print!("{text}");
                 Ok(Outcome::Done)
             }
             // Host mode: the lists come from the booted and the pending
             // deployment's commits.
-            None => deploy::db_diff(&t, &a.into()),
+            None => verbs::db_diff(&t, &a.into()),
         },
     }
 }

@@ -1,34 +1,30 @@
 //! hostctl: atomic, image-based OS updates for Debian hosts.
 //!
-//! The modules follow the data flow: treefile → rootfs → postprocess → commit →
-//! repo (build side); sysroot → deploy → bootloader (host side).
+//! The crate has one folder per side (docs/architecture.md draws the flow):
+//!
+//! - [`build`]: treefile → rootfs → packages → postprocess → initramfs and
+//!   system users → commit; `hostctl compose`.
+//! - [`format`]: what a commit carries and how it is read back (metadata
+//!   keys, package lists, dirtrees, history). Shared by every side.
+//! - [`host`]: a sysroot and the verbs operators run on it (fetch, plan,
+//!   deploy, status, kernel arguments).
+//! - [`bootloader`]: systemd-boot entries on the ESP, published crash-safely.
+//! - [`image`]: bootable disk images from a repository.
+//! - [`cli`]: the command line, the only code that knows clap.
+//!
+//! Imports go one way: `cli` → verbs (`host`, `build`, `image`) →
+//! mechanisms (`bootloader`, `host` internals) → `format` → `util`. The
+//! sides the next features add get folders of their own beside these:
+//! `publish` (signing and serving commits), `agent` (the update agent and
+//! health checks) and `containers` (container hosts).
 
-pub mod apt;
 pub mod bootloader;
+pub mod build;
 pub mod cli;
-pub mod commit;
-pub mod compose;
-pub mod debver;
-pub mod deploy;
-pub mod fetch;
+pub mod format;
+pub mod host;
 pub mod image;
-pub mod initramfs;
-pub mod inputhash;
-pub mod kargs;
-pub mod origin;
-pub mod packages;
-pub mod pkgdiff;
-pub mod plan;
-pub mod postprocess;
-pub mod repo;
-pub mod roles;
-pub mod rootfs;
-pub mod status;
-pub mod sysroot;
-pub mod sysusers;
-pub mod treefile;
 pub mod util;
-pub mod version;
 
 /// What a command reports back to `main` beyond success or failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

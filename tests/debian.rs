@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use hostctl::packages::{self, Package};
-use hostctl::treefile;
+use hostctl::build::packages::{self, Package};
+use hostctl::build::treefile;
 
 const REF: &str = "debian/12/x86_64/minimal";
 

@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use ostree::{gio, glib};
 
 use crate::bootloader::{self, MtoolsEsp};
-use crate::deploy::{self, Target};
+use crate::host::verbs::{self as verbs, Target};
 use crate::Outcome;
 
 /// What `hostctl image build` is asked to do (docs/cli.md describes each option).
@@ -40,8 +40,8 @@ pub fn build(stateroot: Option<&str>, args: &ImageOptions) -> Result<Outcome> {
     let l = layout::plan(size)?;
     let repo_path = std::path::absolute(&args.repo)
         .with_context(|| format!("resolving {}", args.repo.display()))?;
-    let repo = crate::repo::open(&repo_path)?;
-    let head = crate::repo::ref_head(&repo, &args.refspec)?.with_context(|| {
+    let repo = crate::format::repo::open(&repo_path)?;
+    let head = crate::format::repo::ref_head(&repo, &args.refspec)?.with_context(|| {
         format!(
             "{}: no ref {} to build an image from",
             repo_path.display(),
@@ -83,12 +83,12 @@ pub fn build(stateroot: Option<&str>, args: &ImageOptions) -> Result<Outcome> {
     );
     let mut kargs = vec![format!("root=UUID={uuid}"), "rw".to_string()];
     kargs.extend(args.kargs.iter().cloned());
-    deploy::install(
+    verbs::install(
         &Target {
             sysroot: &mnt.dir,
             stateroot,
         },
-        &deploy::InstallOptions {
+        &verbs::InstallOptions {
             repo: format!("file://{}", repo_path.display()),
             refspec: args.refspec.clone(),
             remote: REMOTE.to_string(),
@@ -174,7 +174,7 @@ fn add_esp_to_fstab(deployment: &Path, volid: &str) -> Result<()> {
 /// The image was installed from the build repository; its host pulls
 /// updates from `url`.
 fn point_remote_at(sysroot: &Path, url: &str) -> Result<()> {
-    let repo = crate::repo::open(&sysroot.join("ostree/repo"))?;
+    let repo = crate::format::repo::open(&sysroot.join("ostree/repo"))?;
     let opts = glib::VariantDict::new(None);
     opts.insert("gpg-verify", false);
     repo.remote_change(

@@ -14,8 +14,8 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::apt::{self, PrivateApt};
-use crate::treefile::Treefile;
+use crate::build::apt::{self, PrivateApt};
+use crate::build::treefile::Treefile;
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Package {
@@ -548,8 +548,9 @@ pub fn finalize(tf: &Treefile, tree: &Path) -> Result<Vec<Package>> {
         // Not a Debian tree (a local base without dpkg): nothing to do.
         return Ok(Vec::new());
     }
-    crate::initramfs::build(tree, &datadir().join("dracut"))?;
-    crate::sysusers::write_for_tree(tree).context("declaring system accounts for sysusers")?;
+    crate::build::initramfs::build(tree, &datadir().join("dracut"))?;
+    crate::build::sysusers::write_for_tree(tree)
+        .context("declaring system accounts for sysusers")?;
     move_dpkg_db(tree)?;
     installed_packages(&tree.join(DPKG_DB))
 }

@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use ostree::glib;
 
-use crate::treefile::{self, Treefile};
-use crate::{commit, inputhash, packages, pkgdiff, postprocess, repo, rootfs, version, Outcome};
+use super::treefile::{self, Treefile};
+use super::{commit, inputhash, packages, postprocess, rootfs, version};
+use crate::format::{pkglist, repo};
+use crate::Outcome;
 
 /// What `hostctl compose tree` is asked to do (docs/cli.md describes each option).
 #[derive(Debug, Clone, Default)]
@@ -84,7 +86,7 @@ pub fn run(args: &ComposeOptions) -> Result<Outcome> {
     }
     metadata.insert(inputhash::METADATA_KEY, &hash);
     if !installed.is_empty() {
-        metadata.insert_value(pkgdiff::METADATA_KEY, &pkgdiff::to_variant(&installed));
+        metadata.insert_value(pkglist::METADATA_KEY, &pkglist::to_variant(&installed));
     }
 
     let subject = match &version_str {

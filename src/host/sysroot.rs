@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use ostree::gio;
 
-use crate::roles::{Roles, Slot};
-use crate::status::{self, DeploymentInfo};
+use crate::host::roles::{Roles, Slot};
+use crate::host::status::{self, DeploymentInfo};
 
 pub struct Host {
     pub sysroot: ostree::Sysroot,
@@ -267,7 +267,7 @@ impl Host {
             .map(|(i, d)| {
                 let checksum = d.csum().to_string();
                 let role = roles.role(i);
-                let info = crate::repo::commit_info(&repo, &checksum).ok();
+                let info = crate::format::repo::commit_info(&repo, &checksum).ok();
                 Ok(DeploymentInfo {
                     index: i,
                     id: status::id(&d.osname(), &checksum, d.deployserial()),
@@ -301,7 +301,7 @@ pub fn origin_refspec(d: &ostree::Deployment) -> Option<String> {
 pub fn deployment_kargs(d: &ostree::Deployment) -> Vec<String> {
     d.bootconfig()
         .and_then(|b| b.get("options"))
-        .map(|o| crate::kargs::split(&o))
+        .map(|o| crate::host::kargs::split(&o))
         .unwrap_or_default()
 }
 

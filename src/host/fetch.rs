@@ -6,14 +6,14 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use ostree::gio;
 use ostree::glib;
 use ostree::prelude::*;
 
-use crate::origin::Refspec;
-use crate::plan::{CommitInfo, FileMap};
-use crate::repo::{self, commit_info};
+use crate::format::repo::CommitInfo;
+use crate::format::repo::{self, commit_info};
+use crate::host::origin::Refspec;
 
 const PROBE_REMOTE: &str = "probe";
 
@@ -258,51 +258,4 @@ pub fn pull_into_sysroot(repo: &ostree::Repo, refspec: &Refspec, checksum: &str)
     )
     .map_err(explain_pull_error)
     .with_context(|| format!("pulling {checksum} of {refspec} into the sysroot repository"))
-}
-
-/// Every file under `/usr` of `commit`, with its content checksum.
-pub fn usr_files(repo: &ostree::Repo, commit: &str) -> Result<FileMap> {
-    let (c, _) = repo
-        .load_commit(commit)
-        .with_context(|| format!("loading commit {commit}"))?;
-    let root = ostree::checksum_from_bytes_v(&c.child_value(6)).to_string();
-    let tree = load_dirtree(repo, &root)?;
-    let mut map = FileMap::new();
-    let dirs = tree.child_value(1);
-    for i in 0..dirs.n_children() {
-        let d = dirs.child_value(i);
-        if d.child_value(0).str() == Some("usr") {
-            let sub = ostree::checksum_from_bytes_v(&d.child_value(1)).to_string();
-            walk(repo, &sub, "usr", &mut map)?;
-        }
-    }
-    Ok(map)
-}
-
-fn load_dirtree(repo: &ostree::Repo, csum: &str) -> Result<glib::Variant> {
-    repo.load_variant(ostree::ObjectType::DirTree, csum)
-        .with_context(|| format!("loading directory tree object {csum}"))
-}
-
-fn walk(repo: &ostree::Repo, tree_csum: &str, prefix: &str, out: &mut FileMap) -> Result<()> {
-    let tree = load_dirtree(repo, tree_csum)?;
-    let files = tree.child_value(0);
-    for i in 0..files.n_children() {
-        let f = files.child_value(i);
-        let Some(name) = f.child_value(0).str().map(str::to_string) else {
-            bail!("malformed directory tree object {tree_csum}");
-        };
-        let sum = ostree::checksum_from_bytes_v(&f.child_value(1)).to_string();
-        out.insert(format!("{prefix}/{name}"), sum);
-    }
-    let dirs = tree.child_value(1);
-    for i in 0..dirs.n_children() {
-        let d = dirs.child_value(i);
-        let Some(name) = d.child_value(0).str().map(str::to_string) else {
-            bail!("malformed directory tree object {tree_csum}");
-        };
-        let sub = ostree::checksum_from_bytes_v(&d.child_value(1)).to_string();
-        walk(repo, &sub, &format!("{prefix}/{name}"), out)?;
-    }
-    Ok(())
 }

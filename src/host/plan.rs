@@ -2,19 +2,10 @@
 //! commit a revision names, which deployments survive a change, what
 //! rollback and cleanup do. No I/O here, so each rule has a unit test.
 
-use std::collections::BTreeMap;
-
 use thiserror::Error;
 
-pub use crate::roles::{Roles, Slot};
-
-/// What the verbs need to know about a commit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommitInfo {
-    pub checksum: String,
-    pub version: Option<String>,
-    pub timestamp: u64,
-}
+pub use super::roles::{Roles, Slot};
+use crate::format::repo::CommitInfo;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -146,34 +137,6 @@ pub fn cleanup_removals(roles: &Roles, pending: bool, rollback: bool) -> Vec<usi
     out.sort_unstable();
     out.dedup();
     out
-}
-
-/// `/usr` content of a commit: path → content checksum (directories are not
-/// listed; a symlink's checksum covers its target).
-pub type FileMap = BTreeMap<String, String>;
-
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct TreeDiff {
-    pub added: Vec<String>,
-    pub removed: Vec<String>,
-    pub modified: Vec<String>,
-}
-
-pub fn diff_files(old: &FileMap, new: &FileMap) -> TreeDiff {
-    let mut d = TreeDiff::default();
-    for (path, sum) in new {
-        match old.get(path) {
-            None => d.added.push(path.clone()),
-            Some(o) if o != sum => d.modified.push(path.clone()),
-            Some(_) => {}
-        }
-    }
-    d.removed = old
-        .keys()
-        .filter(|p| !new.contains_key(*p))
-        .cloned()
-        .collect();
-    d
 }
 
 /// A deployment named by its index or a unique checksum prefix.
@@ -351,21 +314,5 @@ mod tests {
             cleanup_removals(&Roles::new(s.clone()), false, true),
             vec![1]
         );
-    }
-
-    #[test]
-    fn file_diff_lists_each_kind() {
-        let old: FileMap = [("usr/a", "1"), ("usr/b", "2"), ("usr/c", "3")]
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect();
-        let new: FileMap = [("usr/a", "1"), ("usr/b", "9"), ("usr/d", "4")]
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect();
-        let d = diff_files(&old, &new);
-        assert_eq!(d.added, vec!["usr/d"]);
-        assert_eq!(d.removed, vec!["usr/c"]);
-        assert_eq!(d.modified, vec!["usr/b"]);
     }
 }

@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use ostree::{gio, glib};
 
-use crate::debver;
-use crate::packages::Package;
+use crate::build::packages::Package;
+use crate::format::debver;
 
 /// Commit metadata key holding the installed packages, type `a(sss)`
 /// (name, version, architecture).
@@ -118,7 +118,7 @@ pub fn recorded_packages(repo: &ostree::Repo, checksum: &str) -> Result<Option<V
         .load_variant(ostree::ObjectType::Commit, checksum)
         .with_context(|| format!("loading commit {checksum}"))?;
     // A commit variant is (a{sv} metadata, parent, related, subject, body, time, root tree, root meta).
-    let meta = crate::repo::metadata_of(&commit);
+    let meta = crate::format::repo::metadata_of(&commit);
     let Some(v) = meta.lookup_value(METADATA_KEY, None) else {
         return Ok(None);
     };

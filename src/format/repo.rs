@@ -6,7 +6,13 @@ use anyhow::{Context, Result};
 use ostree::gio;
 use ostree::glib;
 
-pub use crate::plan::CommitInfo;
+/// What every side needs to know about a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitInfo {
+    pub checksum: String,
+    pub version: Option<String>,
+    pub timestamp: u64,
+}
 
 /// Open an existing repository.
 pub fn open(path: &Path) -> Result<ostree::Repo> {

@@ -1,0 +1,20 @@
+//! The host side: one sysroot and what operators do to it.
+//!
+//! The verbs ([`verbs`]: install, status, upgrade, rollback, deploy,
+//! rebase, kargs, pin, cleanup, boot-check) take option structs of their
+//! own and call the mechanisms: [`sysroot`] (open and lock), [`fetch`]
+//! (verified pulls), [`plan`] and [`roles`] (pure decisions), [`deploy`]
+//! (write a deployment list and publish boot entries), [`kargs`],
+//! [`origin`], [`status`].
+//!
+//! May import `bootloader`, `format` and `util`; never `build` or `image`.
+
+pub mod deploy;
+pub mod fetch;
+pub mod kargs;
+pub mod origin;
+pub mod plan;
+pub mod roles;
+pub mod status;
+pub mod sysroot;
+pub mod verbs;
