@@ -16,16 +16,6 @@ use common::*;
 
 const T0: u64 = 1_700_000_000;
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn fsck(sysroot: &Path) {
-    sh(Command::new("ostree")
-        .arg(format!("--repo={}", sysroot.join("ostree/repo").display()))
-        .arg("fsck"));
-}
-
 /// A failure must be an error exit, not a crash: a signal (SIGSEGV) is
 /// what left hosts with no boot entries.
 fn assert_clean_failure(out: &Output, what: &str) {

@@ -7,35 +7,17 @@ use std::os::unix::fs::{chown, symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-const KVER: &str = "6.1.0-99-amd64";
+mod common;
 
-fn hostctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hostctl"))
-        .args(args)
-        .output()
-        .expect("running hostctl")
-}
+use common::*;
+
+const KVER: &str = "6.1.0-99-amd64";
 
 fn compose(repo: &Path, treefile: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["compose", "tree", "--repo", repo.to_str().unwrap()];
     args.extend_from_slice(extra);
     args.push(treefile.to_str().unwrap());
-    hostctl(&args)
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    hostctl_run(&args)
 }
 
 fn ostree(repo: &Path, args: &[&str]) -> String {
@@ -57,11 +39,6 @@ fn rev_parse(repo: &Path, refname: &str) -> Option<String> {
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-fn write(p: &Path, content: &str) {
-    fs::create_dir_all(p.parent().unwrap()).unwrap();
-    fs::write(p, content).unwrap();
 }
 
 fn set_xattr(p: &Path, name: &str, value: &[u8]) {

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::*;
+
 use hostctl::build::packages::{self, Package};
 use hostctl::build::treefile;
 
@@ -37,34 +39,17 @@ fn src(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
 
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn hostctl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_hostctl"))
-}
-
 fn compose(repo: &Path, work: &Path, treefile: &Path) -> Output {
-    run(hostctl()
-        .args(["compose", "tree", "--unchanged-exit-77", "--repo"])
-        .arg(repo)
-        .arg("--cachedir")
-        .arg(cachedir())
-        .arg("--workdir")
-        .arg(work)
-        .arg(treefile))
+    run_hostctl(
+        hostctl_cmd()
+            .args(["compose", "tree", "--unchanged-exit-77", "--repo"])
+            .arg(repo)
+            .arg("--cachedir")
+            .arg(cachedir())
+            .arg("--workdir")
+            .arg(work)
+            .arg(treefile),
+    )
 }
 
 fn ostree(repo: &Path) -> Command {
@@ -91,7 +76,7 @@ fn parse_sss_list(text: &str) -> Vec<Package> {
 
 /// dpkg-query's view of a checked-out tree's package database.
 fn dpkg_query(root: &Path) -> Vec<Package> {
-    let out = ok(Command::new("dpkg-query")
+    let out = sh(Command::new("dpkg-query")
         .arg(format!(
             "--admindir={}",
             root.join("usr/lib/sysimage/dpkg").display()
@@ -117,7 +102,7 @@ fn dpkg_query(root: &Path) -> Vec<Package> {
 }
 
 fn checkout(repo: &Path, rev: &str, dest: &Path) {
-    ok(ostree(repo)
+    sh(ostree(repo)
         .args(["checkout", "-U", "--force-copy", rev])
         .arg(dest));
 }
@@ -138,12 +123,12 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
         String::from_utf8_lossy(&out.stderr)
     );
     eprintln!("first compose: {:?}", started.elapsed());
-    let head1 = ok(ostree(&repo).args(["rev-parse", REF]))
+    let head1 = sh(ostree(&repo).args(["rev-parse", REF]))
         .trim()
         .to_string();
 
     // Kernel and initramfs where libostree deploys them from.
-    let modules = ok(ostree(&repo).args(["ls", REF, "/usr/lib/modules"]));
+    let modules = sh(ostree(&repo).args(["ls", REF, "/usr/lib/modules"]));
     let kvers: Vec<&str> = modules
         .lines()
         .filter(|l| l.starts_with('d'))
@@ -153,7 +138,7 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
     assert_eq!(kvers.len(), 1, "exactly one kernel: {modules}");
     let kver = kvers[0].to_string();
     let kdir = format!("/usr/lib/modules/{kver}");
-    let listing = ok(ostree(&repo).args(["ls", REF, &kdir]));
+    let listing = sh(ostree(&repo).args(["ls", REF, &kdir]));
     for f in ["vmlinuz", "initramfs.img"] {
         assert!(
             listing.lines().any(|l| l.ends_with(&format!("{kdir}/{f}"))),
@@ -161,16 +146,16 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
         );
     }
     // /boot empty, no Debian kernel links at the top.
-    let boot = ok(ostree(&repo).args(["ls", "-R", REF, "/boot"]));
+    let boot = sh(ostree(&repo).args(["ls", "-R", REF, "/boot"]));
     assert_eq!(boot.lines().count(), 1, "/boot not empty: {boot}");
-    let top = ok(ostree(&repo).args(["ls", REF, "/"]));
+    let top = sh(ostree(&repo).args(["ls", REF, "/"]));
     assert!(!top.contains("vmlinuz") && !top.contains("initrd"), "{top}");
     assert!(
         !top.lines().any(|l| l.ends_with(" /etc")),
         "top-level /etc: {top}"
     );
     // /var is empty in the commit; the dpkg database is under /usr.
-    let var = ok(ostree(&repo).args(["ls", "-R", REF, "/var"]));
+    let var = sh(ostree(&repo).args(["ls", "-R", REF, "/var"]));
     assert_eq!(var.lines().count(), 1, "/var not empty: {var}");
 
     let root = t.path().join("checkout");
@@ -184,7 +169,7 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
 
     // The initramfs runs ostree-prepare-root from the initrd root-fs target.
     let img = root.join(format!("usr/lib/modules/{kver}/initramfs.img"));
-    let initrd = ok(Command::new("lsinitrd").arg(&img));
+    let initrd = sh(Command::new("lsinitrd").arg(&img));
     for want in [
         "usr/lib/ostree/ostree-prepare-root",
         "usr/lib/systemd/system/ostree-prepare-root.service",
@@ -216,7 +201,7 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
         );
     }
     // Package metadata = what dpkg-query reads from the tree.
-    let meta = ok(ostree(&repo).args(["show", "--print-metadata-key=hostctl.packages", REF]));
+    let meta = sh(ostree(&repo).args(["show", "--print-metadata-key=hostctl.packages", REF]));
     let meta_pkgs = parse_sss_list(&meta);
     let db_pkgs = dpkg_query(&root);
     assert!(db_pkgs.len() > 100, "only {} packages", db_pkgs.len());
@@ -288,7 +273,7 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
     // users gets them back from /usr/lib/sysusers.d, with the tree's IDs.
     let host = t.path().join("host");
     std::fs::create_dir_all(host.join("etc")).unwrap();
-    ok(Command::new("cp")
+    sh(Command::new("cp")
         .arg("-a")
         .arg(root.join("usr/lib"))
         .arg(host.join("usr-lib")));
@@ -300,7 +285,7 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
     )
     .unwrap();
     std::fs::write(host.join("etc/group"), "root:x:0:\nalice:x:1000:\n").unwrap();
-    ok(Command::new("systemd-sysusers").arg(format!("--root={}", host.display())));
+    sh(Command::new("systemd-sysusers").arg(format!("--root={}", host.display())));
     let tree_passwd = std::fs::read_to_string(root.join("usr/etc/passwd")).unwrap();
     let new_passwd = std::fs::read_to_string(host.join("etc/passwd")).unwrap();
     assert!(new_passwd.contains("alice:x:1000:1000"), "{new_passwd}");
@@ -339,7 +324,7 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
     assert!(took < Duration::from_secs(60), "no-op took {took:?}");
     eprintln!("no-op recompose: {took:?}");
     assert_eq!(
-        ok(ostree(&repo).args(["rev-parse", REF])).trim(),
+        sh(ostree(&repo).args(["rev-parse", REF])).trim(),
         head1.as_str()
     );
 
@@ -382,7 +367,7 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
         "compose +tmux failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let head2 = ok(ostree(&repo).args(["rev-parse", REF]))
+    let head2 = sh(ostree(&repo).args(["rev-parse", REF]))
         .trim()
         .to_string();
     assert_ne!(head1, head2);
@@ -402,7 +387,12 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
     assert!(added.iter().any(|l| l.starts_with("  uuid-runtime ")));
     assert!(added.len() > 2, "no dependencies pulled in? {added:?}");
 
-    let diff = ok(hostctl().args(["db", "diff", "--repo"]).arg(&repo).arg(REF));
+    let diff = ok(run_hostctl(
+        hostctl_cmd()
+            .args(["db", "diff", "--repo"])
+            .arg(&repo)
+            .arg(REF),
+    ));
     let expected = format!(
         "From {head1}\nTo   {head2}\nAdded ({}):\n{}\n",
         added.len(),
@@ -410,10 +400,12 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
     );
     assert_eq!(diff, expected);
     // Explicit FROM/TO the other way round: the same packages, removed.
-    let back = ok(hostctl()
-        .args(["db", "diff", "--repo"])
-        .arg(&repo)
-        .args([&head2, &head1]));
+    let back = ok(run_hostctl(
+        hostctl_cmd()
+            .args(["db", "diff", "--repo"])
+            .arg(&repo)
+            .args([&head2, &head1]),
+    ));
     assert!(
         back.contains(&format!("Removed ({}):", added.len())),
         "{back}"
@@ -518,7 +510,7 @@ fn failing_deb(dir: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&postinst, std::fs::Permissions::from_mode(0o755)).unwrap();
     let deb = dir.join("hostctl-test-broken_1.0_all.deb");
-    ok(Command::new("dpkg-deb")
+    sh(Command::new("dpkg-deb")
         .args(["--build", "--root-owner-group"])
         .arg(&root)
         .arg(&deb));
@@ -557,7 +549,7 @@ fn packages_install_on_top_of_a_debian_base() {
     std::fs::create_dir(&base).unwrap();
     let tf = treefile_with(t.path(), "variant = \"required\"\npackages = [\"less\"]\n");
     packages::install(&tf, &base, &cachedir(), None).unwrap();
-    let before: BTreeSet<String> = ok(Command::new("dpkg-query")
+    let before: BTreeSet<String> = sh(Command::new("dpkg-query")
         .arg(format!(
             "--admindir={}",
             base.join("var/lib/dpkg").display()
@@ -582,7 +574,7 @@ fn packages_install_on_top_of_a_debian_base() {
     let tf = treefile::load(&base_tf).unwrap();
     std::fs::write(base.join("etc/hostname"), "from-the-base\n").unwrap();
     packages::install(&tf, &base, &cachedir(), None).unwrap();
-    let after: BTreeSet<String> = ok(Command::new("dpkg-query")
+    let after: BTreeSet<String> = sh(Command::new("dpkg-query")
         .arg(format!(
             "--admindir={}",
             base.join("var/lib/dpkg").display()

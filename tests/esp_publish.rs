@@ -7,18 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use hostctl::bootloader::{self, bls, sdboot, DirEsp, MtoolsEsp};
+mod common;
 
-fn sh(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::{hostctl_cmd, ok, run_hostctl, sh};
+use hostctl::bootloader::{self, bls, sdboot, DirEsp, MtoolsEsp};
 
 struct Mount(PathBuf);
 
@@ -104,10 +96,12 @@ fn deploy(s: &Sysroot, version: &str, kernel_tag: &str, kargs: &[&str]) {
 }
 
 fn publish_cli(s: &Sysroot, esp: &[&str]) -> String {
-    sh(Command::new(env!("CARGO_BIN_EXE_hostctl"))
-        .args(["internal", "publish-entries", "--sysroot"])
-        .arg(&s.root)
-        .args(esp))
+    ok(run_hostctl(
+        hostctl_cmd()
+            .args(["internal", "publish-entries", "--sysroot"])
+            .arg(&s.root)
+            .args(esp),
+    ))
 }
 
 /// `(checksum, serial)` of deployment 0 according to `ostree admin status`.
@@ -230,13 +224,13 @@ fn unmounted_esp_is_refused() {
     deploy(&s, "1", "one", &[]);
     let esp = s.root.join("boot/efi");
     std::fs::create_dir(&esp).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_hostctl"))
-        .args(["internal", "publish-entries", "--sysroot"])
-        .arg(&s.root)
-        .arg("--esp")
-        .arg(&esp)
-        .output()
-        .unwrap();
+    let out = run_hostctl(
+        hostctl_cmd()
+            .args(["internal", "publish-entries", "--sysroot"])
+            .arg(&s.root)
+            .arg("--esp")
+            .arg(&esp),
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not mounted"), "{err}");

@@ -16,12 +16,6 @@ fn v_files(version: &str) -> Files {
     base_files(version)
 }
 
-fn fsck(sysroot: &Path) {
-    sh(Command::new("ostree")
-        .arg(format!("--repo={}", sysroot.join("ostree/repo").display()))
-        .arg("fsck"));
-}
-
 fn has_commit(sysroot: &Path, checksum: &str) -> bool {
     Command::new("ostree")
         .arg(format!("--repo={}", sysroot.join("ostree/repo").display()))
@@ -42,10 +36,6 @@ fn default_entry_target(sysroot: &Path) -> std::path::PathBuf {
         .find_map(|a| a.strip_prefix("ostree="))
         .expect("ostree= in the default entry");
     fs::canonicalize(sysroot.join(ostree_arg.trim_start_matches('/'))).unwrap()
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]

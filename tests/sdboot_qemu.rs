@@ -12,6 +12,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
 use hostctl::bootloader::esp::EspFs;
 use hostctl::bootloader::{sdboot, MtoolsEsp};
 
@@ -33,14 +35,12 @@ fn entry(tag: &str, sort_key: Option<&str>, version: u32) -> String {
 
 fn esp_image(dir: &Path, kernel: &Path) -> PathBuf {
     let img = dir.join("esp.img");
-    let ok = Command::new("mkfs.vfat")
-        .args(["-F", "32", "-C", "-n", "ESP"])
-        .arg(&img)
-        .arg("65536")
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "mkfs.vfat");
+    common::sh(
+        Command::new("mkfs.vfat")
+            .args(["-F", "32", "-C", "-n", "ESP"])
+            .arg(&img)
+            .arg("65536"),
+    );
     let esp = MtoolsEsp::new(&img, 0);
     for d in ["EFI", "EFI/BOOT", "loader", "loader/entries", "k"] {
         esp.create_dir(d).unwrap();
@@ -115,18 +115,9 @@ fn entry_names(esp: &MtoolsEsp) -> Vec<String> {
 /// Debian's current kernel image, unpacked from its package into `dir`.
 fn debian_kernel(dir: &Path) -> PathBuf {
     let sh = |cmd: &str| {
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(cmd)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "`{cmd}`: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        common::sh(Command::new("sh").arg("-c").arg(cmd).current_dir(dir))
+            .trim()
+            .to_string()
     };
     let pkg = sh("apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ { print $2; exit }'");
     assert!(

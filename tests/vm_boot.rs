@@ -7,6 +7,7 @@
 //! Needs root, the network to Debian's mirror (the first compose downloads
 //! packages into hostctl's cache) and some minutes: software emulation only.
 
+mod common;
 mod vm;
 
 use std::fs;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{shell as sh, write};
 use vm::Vm;
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -23,10 +25,7 @@ fn step(msg: &str) {
 }
 
 fn hostctl(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_hostctl"))
-        .args(args)
-        .output()
-        .expect("running hostctl");
+    let out = common::hostctl_run(args);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -35,21 +34,6 @@ fn hostctl(args: &[&str]) -> String {
     );
     eprint!("{stderr}");
     stdout
-}
-
-fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
-    assert!(
-        out.status.success(),
-        "`{cmd}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn write(p: &Path, content: &str) {
-    fs::create_dir_all(p.parent().unwrap()).unwrap();
-    fs::write(p, content).unwrap();
 }
 
 /// The treefile the harness composes: the reference host plus a console

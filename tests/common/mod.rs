@@ -27,6 +27,40 @@ pub fn sh(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Run a shell command line and return its stdout, panicking on failure.
+pub fn shell(cmd: &str) -> String {
+    sh(Command::new("sh").arg("-c").arg(cmd))
+}
+
+/// Require a successful exit and return stdout; show both streams if not.
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Write a file, creating its parent directories.
+pub fn write(p: &Path, content: &str) {
+    fs::create_dir_all(p.parent().unwrap()).unwrap();
+    fs::write(p, content).unwrap();
+}
+
+/// `ostree fsck` of a sysroot's repository must pass.
+pub fn fsck(sysroot: &Path) {
+    sh(Command::new("ostree")
+        .arg(format!("--repo={}", sysroot.join("ostree/repo").display()))
+        .arg("fsck"));
+}
+
 /// An ext4 filesystem in a sparse image file, loop-mounted; unmounted and
 /// detached on drop, also when the test panicked.
 pub struct LoopMount {
@@ -243,6 +277,16 @@ pub fn deployable(files: &Files) -> Files {
 
 pub fn hostctl_bin() -> &'static str {
     env!("CARGO_BIN_EXE_hostctl")
+}
+
+/// A hostctl command with no sysroot argument (compose, db, image...).
+pub fn hostctl_cmd() -> Command {
+    Command::new(hostctl_bin())
+}
+
+/// Run hostctl with these arguments and no sysroot argument.
+pub fn hostctl_run(args: &[&str]) -> Output {
+    run_hostctl(hostctl_cmd().args(args))
 }
 
 /// Run hostctl against `sysroot`.
