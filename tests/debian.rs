@@ -16,8 +16,9 @@ mod common;
 
 use common::*;
 
-use hostctl::build::packages::{self, Package};
+use hostctl::build::packages;
 use hostctl::build::treefile;
+use hostctl::format::pkglist::Package;
 
 const REF: &str = "debian/12/x86_64/minimal";
 

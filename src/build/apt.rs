@@ -11,8 +11,8 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::build::packages::Package;
 use crate::build::treefile::Treefile;
+use crate::format::pkglist::Package;
 
 /// One apt source, as a one-line `deb` entry once rendered.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use ostree::glib;
 
 use super::treefile::{self, Treefile};
-use super::{commit, inputhash, packages, postprocess, rootfs, version};
-use crate::format::{pkglist, repo};
+use super::{commit, initramfs, inputhash, packages, postprocess, rootfs, sysusers, version};
+use crate::format::{keys, pkglist, repo};
 use crate::Outcome;
 
 /// What `hostctl compose tree` is asked to do (docs/cli.md describes each option).
@@ -78,15 +78,15 @@ pub fn run(args: &ComposeOptions) -> Result<Outcome> {
             None => Vec::new(),
         };
         let v = version::next_version(prefix, history.iter().filter_map(|h| h.version.as_deref()));
-        metadata.insert("version", &v);
+        metadata.insert(keys::VERSION, &v);
         version_str = Some(v);
     }
     for (k, v) in &tf.metadata {
         metadata.insert(k, v);
     }
-    metadata.insert(inputhash::METADATA_KEY, &hash);
+    metadata.insert(keys::INPUT_HASH, &hash);
     if !installed.is_empty() {
-        metadata.insert_value(pkglist::METADATA_KEY, &pkglist::to_variant(&installed));
+        metadata.insert_value(keys::PACKAGES, &pkglist::to_variant(&installed));
     }
 
     let subject = match &version_str {
@@ -131,7 +131,7 @@ pub fn build_tree(
     tree: &Path,
     cachedir: &Path,
     accounts: Option<&Path>,
-) -> Result<Vec<packages::Package>> {
+) -> Result<Vec<pkglist::Package>> {
     if tf.base.is_some() {
         eprintln!("Populating the tree from the base");
     }
@@ -144,7 +144,15 @@ pub fn build_tree(
     rootfs::remove_files(tf, tree)?;
     postprocess::run_scripts(tf, tree)?;
     postprocess::enable_units(tf, tree)?;
-    let installed = packages::finalize(tf, tree)?;
+    // A local base without dpkg is not a Debian tree: it brings its own
+    // kernel and initramfs, and has no package list to record.
+    let installed = if packages::is_debian_tree(tree) {
+        initramfs::build(tree, &packages::datadir().join("dracut"))?;
+        sysusers::write_for_tree(tree).context("declaring system accounts for sysusers")?;
+        packages::record_installed(tree)?
+    } else {
+        Vec::new()
+    };
     eprintln!("Converting the tree to the OSTree layout");
     postprocess::ostree_layout(tree)?;
     Ok(installed)
@@ -198,7 +206,7 @@ fn unchanged_head(repo_path: &Path, refname: &str, hash: &str) -> Result<Option<
     let Some(head) = repo::ref_head(&repo, refname)? else {
         return Ok(None);
     };
-    let old = repo::metadata_string(&repo, &head, inputhash::METADATA_KEY)?;
+    let old = repo::metadata_string(&repo, &head, keys::INPUT_HASH)?;
     Ok((old.as_deref() == Some(hash)).then_some(head))
 }
 

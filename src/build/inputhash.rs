@@ -10,8 +10,6 @@ use sha2::{Digest, Sha256};
 
 use crate::build::treefile::Treefile;
 
-pub const METADATA_KEY: &str = "hostctl.inputhash";
-
 pub struct InputHasher(Sha256);
 
 impl Default for InputHasher {

@@ -151,7 +151,7 @@ fn validate(path: &Path, text: &str, raw: &RawTreefile) -> Result<()> {
         }
     }
     for k in raw.metadata.iter().flat_map(|m| m.keys()) {
-        if k == "version" || k.starts_with("ostree.") || k.starts_with("hostctl.") {
+        if crate::format::keys::is_reserved(k) {
             return Err(err(
                 "metadata",
                 format!("`{k}` is reserved: hostctl and libostree set it themselves"),

@@ -8,5 +8,6 @@
 
 pub mod debver;
 pub mod dirtree;
+pub mod keys;
 pub mod pkglist;
 pub mod repo;

@@ -103,7 +103,7 @@ fn info_of(checksum: &str, commit: &glib::Variant) -> CommitInfo {
     CommitInfo {
         checksum: checksum.to_string(),
         version: metadata_of(commit)
-            .lookup::<String>("version")
+            .lookup::<String>(super::keys::VERSION)
             .ok()
             .flatten(),
         timestamp: ostree::commit_get_timestamp(commit),
