@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::bootloader::cli::PublishOptions;
-use crate::build::compose::ComposeOptions;
+use crate::compose::tree::ComposeOptions;
 use crate::host::verbs::{
     self as verbs, BootCheckOptions, CleanupOptions, DbDiffOptions, DeployOptions, InstallOptions,
     KargsOptions, PinOptions, RebaseOptions, StatusOptions, Target, UpgradeOptions,
@@ -279,7 +279,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         stateroot: cli.stateroot.as_deref(),
     };
     match &cli.command {
-        Command::Compose(ComposeCmd::Tree(a)) => crate::build::compose::run(&a.into()),
+        Command::Compose(ComposeCmd::Tree(a)) => crate::compose::tree::run(&a.into()),
         Command::Install(a) => verbs::install(&t, &a.into()),
         Command::Status(a) => verbs::status(&t, &a.into()),
         Command::Upgrade(a) => verbs::upgrade(&t, &a.into()),

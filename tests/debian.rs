@@ -16,8 +16,8 @@ mod common;
 
 use common::*;
 
-use hostctl::build::packages;
-use hostctl::build::treefile;
+use hostctl::compose::packages;
+use hostctl::compose::treefile;
 use hostctl::format::pkglist::Package;
 
 const REF: &str = "debian/12/x86_64/minimal";

@@ -7,7 +7,7 @@
 //! (write a deployment list and publish boot entries), [`kargs`],
 //! [`origin`], [`status`].
 //!
-//! May import `bootloader`, `format` and `util`; never `build` or `image`.
+//! May import `bootloader`, `format` and `util`; never `compose` or `image`.
 
 pub mod deploy;
 pub mod fetch;

@@ -13,8 +13,8 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::build::apt::{self, PrivateApt};
-use crate::build::treefile::Treefile;
+use crate::compose::apt::{self, PrivateApt};
+use crate::compose::treefile::Treefile;
 use crate::format::pkglist::Package;
 
 /// Where the dpkg database lives in a composed tree; `/var/lib/dpkg` is a
