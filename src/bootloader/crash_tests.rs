@@ -651,6 +651,9 @@ fn mtools_back_end_survives_every_crash_point() {
     }
 }
 
+/// A change to a publishing plan.
+type Mutation = dyn Fn(&mut Plan);
+
 /// Moves the operations `pick` selects in front of the others, keeping
 /// their order: a plausible bug in the write order.
 fn hoist(p: &mut Plan, pick: fn(&Op) -> bool) {
@@ -663,7 +666,7 @@ fn hoist(p: &mut Plan, pick: fn(&Op) -> bool) {
 /// caught by at least one transition.
 #[test]
 fn a_wrong_write_order_is_caught() {
-    let mutations: [(&str, &dyn Fn(&mut Plan)); 4] = [
+    let mutations: [(&str, &Mutation); 4] = [
         ("removals first", &|p| {
             hoist(p, |o| matches!(o, Op::RemoveFile(_) | Op::RemoveDir(_)))
         }),
