@@ -12,6 +12,7 @@ use crate::host::verbs::{
     KargsOptions, PinOptions, RebaseOptions, StatusOptions, Target, UpgradeOptions,
 };
 use crate::image::ImageOptions;
+use crate::publish::{KeygenOptions, SignOptions};
 use crate::Outcome;
 
 #[derive(Debug, Parser)]
@@ -60,9 +61,36 @@ pub enum Command {
     /// Disk images.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Sign an existing commit with an ed25519 key (adds to its signatures).
+    Sign(SignArgs),
+    /// Signing keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
     /// Boot-time hooks run by hostctl's systemd units (not for interactive use).
     #[command(subcommand, hide = true)]
     Internal(InternalCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// Repository holding the commit.
+    #[arg(long, default_value = "repo", value_name = "REPO")]
+    pub repo: PathBuf,
+    /// ed25519 secret key file (from `hostctl key generate`).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Ref or commit checksum to sign.
+    pub rev: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// Generate an ed25519 key pair: PREFIX.secret and PREFIX.pub.
+    Generate {
+        /// Path prefix of the two files; existing files are never overwritten.
+        #[arg(long, value_name = "PREFIX")]
+        output: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +119,9 @@ pub struct ComposeTreeArgs {
     /// Where the tree is assembled (default: $TMPDIR); removed afterwards.
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<PathBuf>,
+    /// Sign the new commit with this ed25519 secret key file.
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
     /// The treefile (TOML).
     pub treefile: PathBuf,
 }
@@ -109,6 +140,14 @@ pub struct InstallArgs {
     /// Kernel argument for the deployment (repeatable).
     #[arg(long = "karg", value_name = "ARG")]
     pub kargs: Vec<String>,
+    /// File of ed25519 public keys (base64, one per line) that every commit
+    /// from the remote must be signed by (repeatable).
+    #[arg(long = "verify-key", value_name = "FILE")]
+    pub verify_keys: Vec<PathBuf>,
+    /// Accept an http(s) remote without --verify-key: anyone who can change
+    /// the repository or the network path then decides what the host boots.
+    #[arg(long)]
+    pub insecure_allow_unsigned: bool,
 }
 
 #[derive(Debug, Args)]
@@ -228,6 +267,13 @@ pub struct ImageBuildArgs {
     /// URL the host's remote points at (default: the repo the image is built from).
     #[arg(long, value_name = "URL")]
     pub remote_url: Option<String>,
+    /// File of ed25519 public keys the host verifies every commit against
+    /// (repeatable); the image's own commit is verified with them too.
+    #[arg(long = "verify-key", value_name = "FILE")]
+    pub verify_keys: Vec<PathBuf>,
+    /// Accept an http(s) --remote-url without --verify-key.
+    #[arg(long)]
+    pub insecure_allow_unsigned: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -290,6 +336,14 @@ pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Command::Pin(a) => verbs::pin(&t, &a.into()),
         Command::Cleanup(a) => verbs::cleanup(&t, &a.into()),
         Command::Image(ImageCmd::Build(a)) => crate::image::build(t.stateroot, &a.into()),
+        Command::Sign(a) => crate::publish::sign_existing(&SignOptions {
+            repo: a.repo.clone(),
+            key: a.key.clone(),
+            rev: a.rev.clone(),
+        }),
+        Command::Key(KeyCmd::Generate { output }) => crate::publish::generate_key(&KeygenOptions {
+            output: output.clone(),
+        }),
         Command::Internal(InternalCmd::BootCheck(a)) => verbs::boot_check(&t, &a.into()),
         Command::Internal(InternalCmd::PublishEntries(a)) => {
             crate::bootloader::cli::publish_entries(&cli.sysroot, &a.into())
@@ -315,6 +369,8 @@ impl From<&InstallArgs> for InstallOptions {
             refspec: a.refspec.clone(),
             remote: a.remote.clone(),
             kargs: a.kargs.clone(),
+            verify_keys: a.verify_keys.clone(),
+            allow_unsigned: a.insecure_allow_unsigned,
         }
     }
 }
@@ -415,6 +471,7 @@ impl From<&ComposeTreeArgs> for ComposeOptions {
             cachedir: a.cachedir.clone(),
             workdir: a.workdir.clone(),
             treefile: a.treefile.clone(),
+            sign_key: a.sign_key.clone(),
         }
     }
 }
@@ -428,6 +485,8 @@ impl From<&ImageBuildArgs> for ImageOptions {
             size: a.size.clone(),
             kargs: a.kargs.clone(),
             remote_url: a.remote_url.clone(),
+            verify_keys: a.verify_keys.clone(),
+            allow_unsigned: a.insecure_allow_unsigned,
         }
     }
 }

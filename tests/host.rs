@@ -741,15 +741,27 @@ impl Drop for HttpServer {
 #[test]
 fn install_and_upgrade_over_http() {
     let fx = Fixture::new();
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, public) = keypair(keys.path(), "build");
     let c1 = fx.build.commit("stable", "1.0", T0, &v_files("1.0"));
+    fx.build.sign(&c1, &secret);
     let server = HttpServer::serve(fx.build.path.parent().unwrap());
     let url = format!("http://127.0.0.1:{}/repo", server.1);
     hostctl_ok(
         fx.sysroot(),
-        &["install", "--repo", &url, "--ref", "stable"],
+        &[
+            "install",
+            "--repo",
+            &url,
+            "--ref",
+            "stable",
+            "--verify-key",
+            public.to_str().unwrap(),
+        ],
     );
     assert_eq!(fx.admin_status()[0].checksum, c1);
     let c2 = fx.build.commit("stable", "2.0", T0 + 100, &v_files("2.0"));
+    fx.build.sign(&c2, &secret);
     let check = hostctl_ok(fx.sysroot(), &["upgrade", "--check"]);
     assert!(check.contains(&c2), "{check}");
     hostctl_ok(fx.sysroot(), &["upgrade"]);

@@ -9,7 +9,7 @@ use ostree::glib;
 
 use super::treefile::{self, Treefile};
 use super::{commit, initramfs, inputhash, packages, postprocess, rootfs, sysusers, version};
-use crate::format::{keys, pkglist, repo};
+use crate::format::{keys, pkglist, repo, sign};
 use crate::Outcome;
 
 /// What `hostctl compose tree` is asked to do (docs/cli.md describes each option).
@@ -22,11 +22,20 @@ pub struct ComposeOptions {
     pub cachedir: Option<PathBuf>,
     pub workdir: Option<PathBuf>,
     pub treefile: PathBuf,
+    /// ed25519 secret key file to sign the new commit with.
+    pub sign_key: Option<PathBuf>,
 }
 
 pub fn run(args: &ComposeOptions) -> Result<Outcome> {
     let tf = treefile::load(&args.treefile)?;
     check_inputs(&tf)?;
+    // Read before any work, so that a key that cannot sign fails the compose
+    // in a second, not after the build, and never after the ref moved.
+    let sign_key = args
+        .sign_key
+        .as_deref()
+        .map(sign::read_secret)
+        .transpose()?;
 
     let cachedir = args
         .cachedir
@@ -106,6 +115,7 @@ pub fn run(args: &ComposeOptions) -> Result<Outcome> {
             parent: parent.as_deref(),
             subject: &subject,
             metadata,
+            sign_key: sign_key.as_ref(),
         },
     )?;
     // The summary lets clients list refs over HTTP; the commit is already

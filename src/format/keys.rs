@@ -13,6 +13,15 @@ pub const INPUT_HASH: &str = "hostctl.inputhash";
 /// The installed Debian packages, `a(sss)` (name, version, architecture).
 pub const PACKAGES: &str = "hostctl.packages";
 
+/// Detached metadata: ed25519 signatures of the commit, `aay`, the key
+/// libostree itself uses.
+pub const SIGN_ED25519: &str = "ostree.sign.ed25519";
+
+/// Remote option in a host's repository config: the ed25519 public keys
+/// (base64, `;`-separated) every commit pulled from that remote must be
+/// signed by. libostree ignores options it does not know.
+pub const REMOTE_ED25519_KEYS: &str = "hostctl.ed25519-keys";
+
 /// Whether a treefile may set this metadata key itself: not the keys above,
 /// nor any other key of hostctl's or libostree's namespace.
 pub fn is_reserved(key: &str) -> bool {

@@ -11,3 +11,4 @@ pub mod dirtree;
 pub mod keys;
 pub mod pkglist;
 pub mod repo;
+pub mod sign;

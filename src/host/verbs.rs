@@ -19,6 +19,7 @@ use crate::host::origin::Refspec;
 use crate::host::plan::{self, Decision};
 use crate::host::status;
 use crate::host::sysroot::{self, Host};
+use crate::host::trust;
 use crate::Outcome;
 
 use super::deploy::{
@@ -33,6 +34,11 @@ pub struct InstallOptions {
     pub refspec: String,
     pub remote: String,
     pub kargs: Vec<String>,
+    /// Files of ed25519 public keys; every commit from the remote must be
+    /// signed by one of them.
+    pub verify_keys: Vec<PathBuf>,
+    /// Accept an http(s) remote without keys.
+    pub allow_unsigned: bool,
 }
 
 /// What `hostctl status` is asked to do (docs/cli.md describes each option).
@@ -173,6 +179,8 @@ fn top_level_entries(path: &Path) -> Result<Vec<std::ffi::OsString>> {
 
 fn install_inner(t: &Target, args: &InstallOptions) -> Result<Outcome> {
     let path = t.sysroot;
+    let keys = trust::read_key_files(&args.verify_keys)?;
+    trust::check_policy(&args.repo, !keys.is_empty(), args.allow_unsigned)?;
     let osname = t.stateroot.unwrap_or(DEFAULT_STATEROOT);
     if path
         .join("ostree/deploy")
@@ -209,6 +217,9 @@ fn install_inner(t: &Target, args: &InstallOptions) -> Result<Outcome> {
     let group = format!("remote \"{}\"", args.remote);
     config.set_string(&group, "url", &args.repo);
     config.set_boolean(&group, "gpg-verify", false);
+    if !keys.is_empty() {
+        trust::set_remote_keys(&config, &args.remote, &keys);
+    }
     repo.write_config(&config)
         .with_context(|| format!("writing {}/ostree/repo/config", path.display()))?;
     sysroot
@@ -219,7 +230,7 @@ fn install_inner(t: &Target, args: &InstallOptions) -> Result<Outcome> {
     let host = sysroot::open(path, Some(osname), true)?;
     let probe = fetch::probe(&host.repo(), &path.join("ostree/repo"), &refspec, 1, false)?;
     let head = probe.head_info()?;
-    fetch::pull_into_sysroot(&host.repo(), &refspec, &head.checksum)?;
+    fetch::pull_into_sysroot(&host.repo(), &probe, &head.checksum)?;
     let kargs = (!args.kargs.is_empty()).then_some(args.kargs.as_slice());
     deploy_commit(&host, &head.checksum, &origin_for(&refspec), None, kargs)?;
     println!(
@@ -306,7 +317,7 @@ pub fn upgrade(t: &Target, args: &UpgradeOptions) -> Result<Outcome> {
     if args.check || args.preview {
         return Ok(Outcome::Done);
     }
-    fetch::pull_into_sysroot(&repo, &refspec, &head.checksum)?;
+    fetch::pull_into_sysroot(&repo, &probe, &head.checksum)?;
     if args.download_only {
         println!(
             "Downloaded {}; not deployed (--download-only).",
@@ -360,7 +371,7 @@ pub fn deploy(t: &Target, args: &DeployOptions) -> Result<Outcome> {
     if let Some(outcome) = switch_to(&host, &refspec, &target, args.allow_downgrade, false)? {
         return Ok(outcome);
     }
-    fetch::pull_into_sysroot(&repo, &refspec, &target.checksum)?;
+    fetch::pull_into_sysroot(&repo, &probe, &target.checksum)?;
     deploy_keeping_origin(&host, &current_dep, &target.checksum, args.reboot)
 }
 
@@ -386,7 +397,7 @@ pub fn rebase(t: &Target, args: &RebaseOptions) -> Result<Outcome> {
     let repo = host.repo();
     let probe = fetch::probe(&repo, &host.path.join("ostree/repo"), &refspec, 1, false)?;
     let head = probe.head_info()?;
-    fetch::pull_into_sysroot(&repo, &refspec, &head.checksum)?;
+    fetch::pull_into_sysroot(&repo, &probe, &head.checksum)?;
     let origin = copy_origin(&current_dep)?;
     origin.set_string("origin", "refspec", &refspec.to_string());
     let merge = host.merge_deployment();

@@ -232,6 +232,18 @@ impl BuildRepo {
         checksum
     }
 
+    /// Add a signature by `secret` (a `hostctl key generate` file) to `rev`.
+    pub fn sign(&self, rev: &str, secret: &Path) {
+        ok(hostctl_run(&[
+            "sign",
+            "--repo",
+            self.path.to_str().unwrap(),
+            "--key",
+            secret.to_str().unwrap(),
+            rev,
+        ]));
+    }
+
     /// Commit with the ostree CLI instead, for metadata compose from local
     /// inputs cannot write (a package list, `a(sss)`). `files` must already
     /// be in the deployable layout (`usr/etc`).
@@ -282,6 +294,21 @@ pub fn hostctl_bin() -> &'static str {
 /// A hostctl command with no sysroot argument (compose, db, image...).
 pub fn hostctl_cmd() -> Command {
     Command::new(hostctl_bin())
+}
+
+/// A new key pair from `hostctl key generate` in `dir`: (secret, public).
+pub fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let prefix = dir.join(name);
+    ok(hostctl_run(&[
+        "key",
+        "generate",
+        "--output",
+        prefix.to_str().unwrap(),
+    ]));
+    (
+        dir.join(format!("{name}.secret")),
+        dir.join(format!("{name}.pub")),
+    )
 }
 
 /// Run hostctl with these arguments and no sysroot argument.
