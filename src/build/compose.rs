@@ -145,34 +145,29 @@ pub fn build_tree(
     postprocess::run_scripts(tf, tree)?;
     postprocess::enable_units(tf, tree)?;
     let installed = packages::finalize(tf, tree)?;
+    postprocess::check::check_assembled(tree)?;
     eprintln!("Converting the tree to the OSTree layout");
     postprocess::ostree_layout(tree)?;
+    let from_packages = !tf.packages.is_empty() || !tf.local_packages.is_empty();
+    postprocess::check::check_deployable(tree, from_packages)?;
     Ok(installed)
 }
 
 /// The account files (`/usr/etc/passwd`, ...) of the ref's current commit,
 /// copied into `dest`, so that a new compose keeps the IDs hosts already have.
 fn previous_accounts(repo_path: &Path, refname: &str, dest: &Path) -> Result<Option<PathBuf>> {
-    use ostree::gio::prelude::{FileExt, FileExtManual};
     let Some(repo) = repo::open_if_exists(repo_path)? else {
         return Ok(None);
     };
     let Some(head) = repo::ref_head(&repo, refname)? else {
         return Ok(None);
     };
-    let (root, _) = repo
-        .read_commit(&head, ostree::gio::Cancellable::NONE)
-        .with_context(|| format!("reading commit {head}"))?;
-    fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
     let mut found = false;
     for name in packages::ACCOUNT_FILES {
-        let f = root.resolve_relative_path(format!("usr/etc/{name}"));
-        if !f.query_exists(ostree::gio::Cancellable::NONE) {
+        let Some(bytes) = repo::read_commit_file(&repo, &head, &format!("/usr/etc/{name}"))? else {
             continue;
-        }
-        let (bytes, _) = f
-            .load_contents(ostree::gio::Cancellable::NONE)
-            .with_context(|| format!("reading /usr/etc/{name} of {head}"))?;
+        };
+        fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
         let out = dest.join(name);
         fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
         found = true;
