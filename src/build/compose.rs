@@ -10,6 +10,7 @@ use ostree::glib;
 use super::treefile::{self, Treefile};
 use super::{commit, inputhash, packages, postprocess, rootfs, version};
 use crate::format::{pkglist, repo};
+use crate::util;
 use crate::Outcome;
 
 /// What `hostctl compose tree` is asked to do (docs/cli.md describes each option).
@@ -26,7 +27,15 @@ pub struct ComposeOptions {
 
 pub fn run(args: &ComposeOptions) -> Result<Outcome> {
     let tf = treefile::load(&args.treefile)?;
+    check_repo_path(&args.repo)?;
     check_inputs(&tf)?;
+    // Serialise composes of this ref from here to the moved ref, so each
+    // one's parent is the previous one's commit. Without a repository yet,
+    // the lock is taken once the repository exists, before the parent is read.
+    let mut lock = match repo::open_if_exists(&args.repo)? {
+        Some(_) => Some(lock_ref(&args.repo, &tf.refname)?),
+        None => None,
+    };
 
     let cachedir = args
         .cachedir
@@ -41,17 +50,8 @@ pub fn run(args: &ComposeOptions) -> Result<Outcome> {
         hasher.field(resolved.as_bytes());
     }
     let hash = hasher.finish();
-    if let Some(unchanged) = unchanged_head(&args.repo, &tf.refname, &hash)? {
-        if !args.force_nocache {
-            eprintln!(
-                "No changes in the inputs of {}: it stays at {unchanged}",
-                tf.refname
-            );
-            write_commitid(args.write_commitid_to.as_deref(), &unchanged)?;
-            return Ok(Outcome::Unchanged {
-                exit_77: args.unchanged_exit_77,
-            });
-        }
+    if let Some(outcome) = report_unchanged(args, &tf.refname, &hash)? {
+        return Ok(outcome);
     }
 
     let workdir = args.workdir.clone().unwrap_or_else(std::env::temp_dir);
@@ -69,6 +69,13 @@ pub fn run(args: &ComposeOptions) -> Result<Outcome> {
     let installed = build_tree(&tf, &tree, &cachedir, accounts.as_deref())?;
 
     let repo = repo::open_or_create_archive(&args.repo)?;
+    if lock.is_none() {
+        lock = Some(lock_ref(&args.repo, &tf.refname)?);
+        // A compose that held the lock meanwhile may have committed these inputs.
+        if let Some(outcome) = report_unchanged(args, &tf.refname, &hash)? {
+            return Ok(outcome);
+        }
+    }
     let parent = repo::ref_head(&repo, &tf.refname)?;
     let metadata = glib::VariantDict::new(None);
     let mut version_str = None;
@@ -121,7 +128,71 @@ pub fn run(args: &ComposeOptions) -> Result<Outcome> {
         Some(v) => println!("{} => {checksum} (version {v})", tf.refname),
         None => println!("{} => {checksum}", tf.refname),
     }
+    drop(lock);
     Ok(Outcome::Done)
+}
+
+/// When the ref's head was composed from exactly these inputs (and no
+/// rebuild is forced), say so and return the outcome.
+fn report_unchanged(args: &ComposeOptions, refname: &str, hash: &str) -> Result<Option<Outcome>> {
+    if args.force_nocache {
+        return Ok(None);
+    }
+    let Some(unchanged) = unchanged_head(&args.repo, refname, hash)? else {
+        return Ok(None);
+    };
+    eprintln!("No changes in the inputs of {refname}: it stays at {unchanged}");
+    write_commitid(args.write_commitid_to.as_deref(), &unchanged)?;
+    Ok(Some(Outcome::Unchanged {
+        exit_77: args.unchanged_exit_77,
+    }))
+}
+
+/// The lock file that serialises composes of `refname` into `repo`:
+/// `REPO/tmp/hostctl-compose-REF.lock`, with `%` and `/` of the ref escaped
+/// as `%25` and `%2F` (two refs never share a lock file).
+pub fn ref_lock_path(repo: &Path, refname: &str) -> PathBuf {
+    let escaped = refname.replace('%', "%25").replace('/', "%2F");
+    repo.join("tmp")
+        .join(format!("hostctl-compose-{escaped}.lock"))
+}
+
+fn lock_ref(repo: &Path, refname: &str) -> Result<util::FileLock> {
+    let path = ref_lock_path(repo, refname);
+    let dir = path.parent().expect("has a parent");
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    util::lock_file(
+        &path,
+        &format!("another compose of {refname} in {}", repo.display()),
+    )
+}
+
+/// Refuse a `--repo` that cannot be a repository before any build work: a
+/// path that is, or lies under, something other than a directory.
+fn check_repo_path(repo: &Path) -> Result<()> {
+    for p in repo.ancestors().filter(|p| !p.as_os_str().is_empty()) {
+        match fs::metadata(p) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(_) => bail!(
+                "--repo {}: {} is not a directory (an OSTree repository is a directory)",
+                repo.display(),
+                p.display()
+            ),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                continue
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("--repo {}: reading {}", repo.display(), p.display()))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Every step between the inputs and a tree libostree can deploy, in order.
