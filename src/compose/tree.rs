@@ -10,6 +10,7 @@ use ostree::glib;
 use super::treefile::{self, Treefile};
 use super::{commit, initramfs, inputhash, packages, postprocess, rootfs, sysusers, version};
 use crate::format::{keys, pkglist, repo, sign};
+use crate::util;
 use crate::Outcome;
 
 /// What `hostctl compose tree` is asked to do (docs/cli.md describes each option).
@@ -28,6 +29,7 @@ pub struct ComposeOptions {
 
 pub fn run(args: &ComposeOptions) -> Result<Outcome> {
     let tf = treefile::load(&args.treefile)?;
+    check_repo_path(&args.repo)?;
     check_inputs(&tf)?;
     // Read before any work, so that a key that cannot sign fails the compose
     // in a second, not after the build, and never after the ref moved.
@@ -36,6 +38,13 @@ pub fn run(args: &ComposeOptions) -> Result<Outcome> {
         .as_deref()
         .map(sign::read_secret)
         .transpose()?;
+    // Serialise composes of this ref from here to the moved ref, so each
+    // one's parent is the previous one's commit. Without a repository yet,
+    // the lock is taken once the repository exists, before the parent is read.
+    let mut lock = match repo::open_if_exists(&args.repo)? {
+        Some(_) => Some(lock_ref(&args.repo, &tf.refname)?),
+        None => None,
+    };
 
     let cachedir = args
         .cachedir
@@ -50,17 +59,8 @@ pub fn run(args: &ComposeOptions) -> Result<Outcome> {
         hasher.field(resolved.as_bytes());
     }
     let hash = hasher.finish();
-    if let Some(unchanged) = unchanged_head(&args.repo, &tf.refname, &hash)? {
-        if !args.force_nocache {
-            eprintln!(
-                "No changes in the inputs of {}: it stays at {unchanged}",
-                tf.refname
-            );
-            write_commitid(args.write_commitid_to.as_deref(), &unchanged)?;
-            return Ok(Outcome::Unchanged {
-                exit_77: args.unchanged_exit_77,
-            });
-        }
+    if let Some(outcome) = report_unchanged(args, &tf.refname, &hash)? {
+        return Ok(outcome);
     }
 
     let workdir = args.workdir.clone().unwrap_or_else(std::env::temp_dir);
@@ -78,6 +78,13 @@ pub fn run(args: &ComposeOptions) -> Result<Outcome> {
     let installed = build_tree(&tf, &tree, &cachedir, accounts.as_deref())?;
 
     let repo = repo::open_or_create_archive(&args.repo)?;
+    if lock.is_none() {
+        lock = Some(lock_ref(&args.repo, &tf.refname)?);
+        // A compose that held the lock meanwhile may have committed these inputs.
+        if let Some(outcome) = report_unchanged(args, &tf.refname, &hash)? {
+            return Ok(outcome);
+        }
+    }
     let parent = repo::ref_head(&repo, &tf.refname)?;
     let metadata = glib::VariantDict::new(None);
     let mut version_str = None;
@@ -131,7 +138,71 @@ pub fn run(args: &ComposeOptions) -> Result<Outcome> {
         Some(v) => println!("{} => {checksum} (version {v})", tf.refname),
         None => println!("{} => {checksum}", tf.refname),
     }
+    drop(lock);
     Ok(Outcome::Done)
+}
+
+/// When the ref's head was composed from exactly these inputs (and no
+/// rebuild is forced), say so and return the outcome.
+fn report_unchanged(args: &ComposeOptions, refname: &str, hash: &str) -> Result<Option<Outcome>> {
+    if args.force_nocache {
+        return Ok(None);
+    }
+    let Some(unchanged) = unchanged_head(&args.repo, refname, hash)? else {
+        return Ok(None);
+    };
+    eprintln!("No changes in the inputs of {refname}: it stays at {unchanged}");
+    write_commitid(args.write_commitid_to.as_deref(), &unchanged)?;
+    Ok(Some(Outcome::Unchanged {
+        exit_77: args.unchanged_exit_77,
+    }))
+}
+
+/// The lock file that serialises composes of `refname` into `repo`:
+/// `REPO/tmp/hostctl-compose-REF.lock`, with `%` and `/` of the ref escaped
+/// as `%25` and `%2F` (two refs never share a lock file).
+pub fn ref_lock_path(repo: &Path, refname: &str) -> PathBuf {
+    let escaped = refname.replace('%', "%25").replace('/', "%2F");
+    repo.join("tmp")
+        .join(format!("hostctl-compose-{escaped}.lock"))
+}
+
+fn lock_ref(repo: &Path, refname: &str) -> Result<util::FileLock> {
+    let path = ref_lock_path(repo, refname);
+    let dir = path.parent().expect("has a parent");
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    util::lock_file(
+        &path,
+        &format!("another compose of {refname} in {}", repo.display()),
+    )
+}
+
+/// Refuse a `--repo` that cannot be a repository before any build work: a
+/// path that is, or lies under, something other than a directory.
+fn check_repo_path(repo: &Path) -> Result<()> {
+    for p in repo.ancestors().filter(|p| !p.as_os_str().is_empty()) {
+        match fs::metadata(p) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(_) => bail!(
+                "--repo {}: {} is not a directory (an OSTree repository is a directory)",
+                repo.display(),
+                p.display()
+            ),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                continue
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("--repo {}: reading {}", repo.display(), p.display()))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Every step between the inputs and a tree libostree can deploy, in order.
@@ -163,8 +234,11 @@ pub fn build_tree(
     } else {
         Vec::new()
     };
+    postprocess::check::check_assembled(tree)?;
     eprintln!("Converting the tree to the OSTree layout");
     postprocess::ostree_layout(tree)?;
+    let from_packages = !tf.packages.is_empty() || !tf.local_packages.is_empty();
+    postprocess::check::check_deployable(tree, from_packages)?;
     Ok(installed)
 }
 
@@ -180,7 +254,7 @@ fn previous_accounts(repo_path: &Path, refname: &str, dest: &Path) -> Result<Opt
     fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
     let mut found = false;
     for name in packages::ACCOUNT_FILES {
-        let Some(bytes) = repo::read_file(&repo, &head, &format!("usr/etc/{name}"))? else {
+        let Some(bytes) = repo::read_commit_file(&repo, &head, &format!("/usr/etc/{name}"))? else {
             continue;
         };
         let out = dest.join(name);

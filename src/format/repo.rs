@@ -52,40 +52,6 @@ pub fn ref_head(repo: &ostree::Repo, refname: &str) -> Result<Option<String>> {
         .map(|s| s.to_string()))
 }
 
-/// The bytes of a regular file in a commit (`path` relative to the root),
-/// or None when there is no such file. Read through the content object:
-/// GIO's `load_contents` on a commit's file asks the stream for file info it
-/// does not have and prints GLib criticals that users take for crashes.
-pub fn read_file(repo: &ostree::Repo, commit: &str, path: &str) -> Result<Option<Vec<u8>>> {
-    use gio::prelude::{Cast, FileExt, InputStreamExtManual};
-    use std::io::Read;
-    let (root, _) = repo
-        .read_commit(commit, gio::Cancellable::NONE)
-        .with_context(|| format!("reading commit {commit}"))?;
-    let f = root.resolve_relative_path(path);
-    if !f.query_exists(gio::Cancellable::NONE) {
-        return Ok(None);
-    }
-    let f = f
-        .downcast::<ostree::RepoFile>()
-        .map_err(|_| anyhow::anyhow!("{path} of {commit} is not in the repository"))?;
-    f.ensure_resolved()
-        .with_context(|| format!("resolving {path} in {commit}"))?;
-    let checksum = f.checksum();
-    let (stream, _, _) = repo
-        .load_file(&checksum, gio::Cancellable::NONE)
-        .with_context(|| format!("loading {path} of {commit}"))?;
-    let Some(stream) = stream else {
-        anyhow::bail!("{path} of {commit} is not a regular file");
-    };
-    let mut bytes = Vec::new();
-    stream
-        .into_read()
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("reading {path} of {commit}"))?;
-    Ok(Some(bytes))
-}
-
 /// The metadata dictionary (`a{sv}`) of a loaded commit variant.
 pub fn metadata_of(commit: &glib::Variant) -> glib::VariantDict {
     glib::VariantDict::new(Some(&commit.child_value(0)))
@@ -116,6 +82,47 @@ pub fn commit_info(repo: &ostree::Repo, checksum: &str) -> Result<CommitInfo> {
         .load_commit(checksum)
         .with_context(|| format!("loading commit {checksum}"))?;
     Ok(info_of(checksum, &commit))
+}
+
+/// The content of the regular file at `path` in the tree of commit
+/// `checksum`, `None` when the tree has no regular file there. Read through
+/// the content object: `g_file_load_contents` on a commit's file makes GLib
+/// print a critical (libostree's stream is not a file stream).
+pub fn read_commit_file(
+    repo: &ostree::Repo,
+    checksum: &str,
+    path: &str,
+) -> Result<Option<Vec<u8>>> {
+    use gio::prelude::*;
+    use std::io::Read;
+    let (root, _) = repo
+        .read_commit(checksum, gio::Cancellable::NONE)
+        .with_context(|| format!("reading commit {checksum}"))?;
+    let file = root.resolve_relative_path(path.trim_start_matches('/'));
+    if file.query_file_type(
+        gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS,
+        gio::Cancellable::NONE,
+    ) != gio::FileType::Regular
+    {
+        return Ok(None);
+    }
+    let file = file
+        .downcast::<ostree::RepoFile>()
+        .map_err(|_| anyhow::anyhow!("{path} of {checksum} is not in the repository"))?;
+    file.ensure_resolved()
+        .with_context(|| format!("reading {path} of {checksum}"))?;
+    let (stream, _, _) = repo
+        .load_file(&file.checksum(), gio::Cancellable::NONE)
+        .with_context(|| format!("reading {path} of {checksum}"))?;
+    let Some(stream) = stream else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::new();
+    stream
+        .into_read()
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {path} of {checksum}"))?;
+    Ok(Some(bytes))
 }
 
 /// The history of a ref from `head` back to its first commit, newest first,

@@ -114,18 +114,19 @@ fn open_inner(
         sysroot
             .initialize()
             .with_context(|| format!("initializing sysroot {}", path.display()))?;
-        let got = sysroot
-            .try_lock()
-            .with_context(|| format!("locking sysroot {}", path.display()))?;
-        if !got {
-            eprintln!(
-                "Waiting for another operation on sysroot {} to finish...",
-                path.display()
-            );
-            sysroot
-                .lock()
-                .with_context(|| format!("locking sysroot {}", path.display()))?;
-        }
+        crate::util::lock_or_wait(
+            &format!("another operation on sysroot {}", path.display()),
+            || {
+                sysroot
+                    .try_lock()
+                    .with_context(|| format!("locking sysroot {}", path.display()))
+            },
+            || {
+                sysroot
+                    .lock()
+                    .with_context(|| format!("locking sysroot {}", path.display()))
+            },
+        )?;
         locked = true;
     }
     let mut host = Host {
