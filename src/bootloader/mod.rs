@@ -78,7 +78,11 @@ impl EspTarget {
                     bail!("{}: ESP is not a directory", esp.display());
                 }
                 let boot = sysroot.join("boot");
-                let against = if boot.is_dir() { boot } else { sysroot.to_path_buf() };
+                let against = if boot.is_dir() {
+                    boot
+                } else {
+                    sysroot.to_path_buf()
+                };
                 let b = std::fs::metadata(&against)
                     .with_context(|| format!("stat {}", against.display()))?;
                 if e.dev() == b.dev() {
