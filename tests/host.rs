@@ -190,7 +190,17 @@ fn rollback_deploy_by_version_and_checksum_and_rebase() {
     hostctl_ok(fx.sysroot(), &["deploy", "1.0", "--allow-downgrade"]);
     assert_eq!(fx.admin_status()[0].checksum, c1);
     let out = hostctl(fx.sysroot(), &["deploy", "9.9"]);
+    assert!(
+        !out.status.success(),
+        "deploying the nonexistent version 9.9 succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(stderr(&out).contains("9.9"), "{}", stderr(&out));
+    assert_eq!(
+        fx.admin_status()[0].checksum,
+        c1,
+        "deploy 9.9 changed the default"
+    );
 
     // Rebase to another ref, keeping /etc changes.
     let mut other = v_files("10.0");
@@ -412,6 +422,24 @@ fn refused_and_failed_operations_leave_the_sysroot_byte_for_byte_unchanged() {
         &before,
         &fingerprint(fx.sysroot()),
         "a rebase to a missing ref",
+    );
+    // A missing remote.
+    let out = hostctl(fx.sysroot(), &["rebase", "nosuchremote:stable"]);
+    assert!(
+        !out.status.success(),
+        "rebase to a missing remote succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr(&out).contains("nosuchremote"),
+        "the error does not name the missing remote: {}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+    assert_same(
+        &before,
+        &fingerprint(fx.sysroot()),
+        "a rebase to a missing remote",
     );
     let out = hostctl(fx.sysroot(), &["deploy", "7.7"]);
     assert!(!out.status.success());
@@ -840,4 +868,61 @@ fn install_and_upgrade_over_http() {
         &fingerprint(fx.sysroot()),
         "an upgrade from a vanished server",
     );
+}
+
+#[test]
+fn reboot_on_a_sysroot_that_is_not_running_is_skipped() {
+    let fx = Fixture::new();
+    let c1 = fx.build.commit("stable", "1.0", T0, &v_files("1.0"));
+    fx.install("stable", &[]);
+    // A systemctl that only records that it was called, first in PATH: if
+    // hostctl asked for a reboot, it would reach this and never the real one.
+    let bin = tempfile::tempdir().unwrap();
+    let called = bin.path().join("systemctl-called");
+    let fake = bin.path().join("systemctl");
+    fs::write(
+        &fake,
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", called.display()),
+    )
+    .unwrap();
+    fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let c2 = fx.build.commit("stable", "2.0", T0 + 100, &v_files("2.0"));
+    let co = fx.build.commit("testing", "5.0", T0 + 200, &v_files("5.0"));
+    for (args, want) in [
+        (&["upgrade", "--reboot"][..], c2.as_str()),
+        (
+            &["deploy", "1.0", "--allow-downgrade", "--reboot"][..],
+            c1.as_str(),
+        ),
+        (&["kargs", "--append", "x=1", "--reboot"][..], c1.as_str()),
+        (&["rebase", "testing", "--reboot"][..], co.as_str()),
+    ] {
+        let out = run_hostctl(
+            Command::new(hostctl_bin())
+                .arg("--sysroot")
+                .arg(fx.sysroot())
+                .args(args)
+                .env("PATH", &path),
+        );
+        assert!(
+            !called.exists(),
+            "{args:?} on an unbooted sysroot ran `systemctl {}`",
+            fs::read_to_string(&called).unwrap_or_default().trim()
+        );
+        let stdout = ok(out);
+        assert!(
+            stdout.contains("Not rebooting"),
+            "{args:?} did not say it skips the reboot: {stdout}"
+        );
+        assert_eq!(
+            fx.admin_status()[0].checksum,
+            want,
+            "{args:?} did not make its commit the default"
+        );
+    }
 }

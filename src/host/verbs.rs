@@ -470,19 +470,8 @@ pub fn kargs(t: &Target, args: &KargsOptions) -> Result<Outcome> {
 pub fn pin(t: &Target, args: &PinOptions) -> Result<Outcome> {
     let host = sysroot::open(t.sysroot, t.stateroot, true)?;
     let deps = host.deployments();
-    let d = deps.get(args.index).with_context(|| {
-        format!(
-            "no deployment with index {} ({} deployments)",
-            args.index,
-            deps.len()
-        )
-    })?;
-    if d.is_staged() {
-        bail!(
-            "deployment {} is staged; it can be pinned once it is finalized",
-            args.index
-        );
-    }
+    plan::pin_check(&host.roles(), args.index).map_err(anyhow::Error::msg)?;
+    let d = &deps[args.index];
     host.sysroot
         .deployment_set_pinned(d, !args.unpin)
         .with_context(|| format!("changing the pin of deployment {}", args.index))?;
