@@ -468,7 +468,9 @@ fn refused_and_failed_operations_leave_the_sysroot_byte_for_byte_unchanged() {
 /// Holds libostree's sysroot lock the way libostree takes it (an
 /// open-file-description write lock on `ostree/lock`, which libostree
 /// removes when it lets go, so it may have to be created) until dropped.
-struct SysrootLock(fs::File);
+struct SysrootLock {
+    _held: fs::File,
+}
 
 impl SysrootLock {
     fn take(sysroot: &Path) -> SysrootLock {
@@ -501,7 +503,7 @@ impl SysrootLock {
             path.display(),
             std::io::Error::last_os_error()
         );
-        SysrootLock(lock)
+        SysrootLock { _held: lock }
     }
 }
 
