@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::bootloader::cli::PublishOptions;
+use crate::bootloader::{EspTarget, HOST_ESP};
 use crate::compose::tree::ComposeOptions;
 use crate::host::verbs::{
     self as verbs, BootCheckOptions, CleanupOptions, DbDiffOptions, DeployOptions, InstallOptions,
@@ -28,6 +28,18 @@ pub struct Cli {
     /// Stateroot (OSTree "osname"); defaults to the booted one, else the only one present.
     #[arg(long, global = true, value_name = "NAME")]
     pub stateroot: Option<String>,
+    /// ESP (a mounted directory) to publish boot entries to whenever the
+    /// command writes a deployment list; default: /efi on the running host
+    /// when it holds hostctl's entries, else none (`internal` commands: /efi).
+    #[arg(long, global = true, value_name = "DIR", conflicts_with = "esp_image")]
+    pub esp: Option<PathBuf>,
+    /// Instead of --esp: a disk image holding the ESP's FAT filesystem,
+    /// written with mtools (no mount needed).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub esp_image: Option<PathBuf>,
+    /// Byte offset of the FAT filesystem inside --esp-image (default 0).
+    #[arg(long, global = true, value_name = "BYTES", requires = "esp_image")]
+    pub esp_offset: Option<u64>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -286,43 +298,40 @@ pub enum InternalCmd {
 }
 
 #[derive(Debug, Args)]
-pub struct BootCheckArgs {
-    /// Mounted EFI system partition.
-    #[arg(long, default_value = "/efi", value_name = "DIR")]
-    pub esp: PathBuf,
-}
+pub struct BootCheckArgs {}
 
 #[derive(Debug, Args)]
-pub struct PublishEntriesArgs {
-    /// Mounted EFI system partition (where Debian mounts it by default, and
-    /// one of the places systemd-bless-boot looks).
-    #[arg(
-        long,
-        default_value = "/efi",
-        value_name = "DIR",
-        conflicts_with = "esp_image"
-    )]
-    pub esp: PathBuf,
-    /// Instead of a mounted ESP: a disk image holding the FAT filesystem,
-    /// written with mtools (no mount needed).
-    #[arg(long, value_name = "FILE")]
-    pub esp_image: Option<PathBuf>,
-    /// Byte offset of the FAT filesystem inside --esp-image.
-    #[arg(
-        long,
-        default_value_t = 0,
-        value_name = "BYTES",
-        requires = "esp_image"
-    )]
-    pub esp_offset: u64,
+pub struct PublishEntriesArgs {}
+
+impl Cli {
+    /// The ESP named with `--esp` or `--esp-image`, if any.
+    pub fn esp_target(&self) -> Option<EspTarget> {
+        match (&self.esp, &self.esp_image) {
+            (_, Some(image)) => Some(EspTarget::Image {
+                path: image.clone(),
+                offset: self.esp_offset.unwrap_or(0),
+            }),
+            (Some(dir), None) => Some(EspTarget::Dir(dir.clone())),
+            (None, None) => None,
+        }
+    }
+
+    /// The named ESP, else the host's mount point (`/efi`): for the boot-time
+    /// `internal` commands, which always have an ESP.
+    fn esp_or_default(&self) -> EspTarget {
+        self.esp_target()
+            .unwrap_or_else(|| EspTarget::Dir(PathBuf::from(HOST_ESP)))
+    }
 }
 
 /// Run a parsed command line. This is the only place that turns clap's
 /// structs into the library's options, so the library never sees clap.
 pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
+    let esp = cli.esp_target();
     let t = Target {
         sysroot: &cli.sysroot,
         stateroot: cli.stateroot.as_deref(),
+        esp: esp.as_ref(),
     };
     match &cli.command {
         Command::Compose(ComposeCmd::Tree(a)) => crate::compose::tree::run(&a.into()),
@@ -344,9 +353,14 @@ pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Command::Key(KeyCmd::Generate { output }) => crate::publish::generate_key(&KeygenOptions {
             output: output.clone(),
         }),
-        Command::Internal(InternalCmd::BootCheck(a)) => verbs::boot_check(&t, &a.into()),
-        Command::Internal(InternalCmd::PublishEntries(a)) => {
-            crate::bootloader::cli::publish_entries(&cli.sysroot, &a.into())
+        Command::Internal(InternalCmd::BootCheck(_)) => verbs::boot_check(
+            &t,
+            &BootCheckOptions {
+                esp: cli.esp_or_default(),
+            },
+        ),
+        Command::Internal(InternalCmd::PublishEntries(_)) => {
+            crate::bootloader::cli::publish_entries(&cli.sysroot, &cli.esp_or_default())
         }
         Command::Db(DbCmd::Diff(a)) => match &a.repo {
             Some(repo) => {
@@ -455,12 +469,6 @@ impl From<&DbDiffArgs> for DbDiffOptions {
     }
 }
 
-impl From<&BootCheckArgs> for BootCheckOptions {
-    fn from(a: &BootCheckArgs) -> Self {
-        BootCheckOptions { esp: a.esp.clone() }
-    }
-}
-
 impl From<&ComposeTreeArgs> for ComposeOptions {
     fn from(a: &ComposeTreeArgs) -> Self {
         ComposeOptions {
@@ -487,16 +495,6 @@ impl From<&ImageBuildArgs> for ImageOptions {
             remote_url: a.remote_url.clone(),
             verify_keys: a.verify_keys.clone(),
             allow_unsigned: a.insecure_allow_unsigned,
-        }
-    }
-}
-
-impl From<&PublishEntriesArgs> for PublishOptions {
-    fn from(a: &PublishEntriesArgs) -> Self {
-        PublishOptions {
-            esp: a.esp.clone(),
-            esp_image: a.esp_image.clone(),
-            esp_offset: a.esp_offset,
         }
     }
 }

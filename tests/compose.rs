@@ -41,6 +41,20 @@ fn rev_parse(repo: &Path, refname: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// The `hostctl.inputhash` a commit records: 64 hex digits.
+fn inputhash(repo: &Path, rev: &str) -> String {
+    let v = ostree(
+        repo,
+        &["show", rev, "--print-metadata-key=hostctl.inputhash"],
+    );
+    let h = v.trim().trim_matches('\'').to_string();
+    assert!(
+        h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()),
+        "hostctl.inputhash of {rev} is not a SHA-256 in hex: {v:?}"
+    );
+    h
+}
+
 fn set_xattr(p: &Path, name: &str, value: &[u8]) {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
     let n = std::ffi::CString::new(name).unwrap();
@@ -340,7 +354,7 @@ automatic-version-prefix = "7"
     };
     assert_eq!(md("version").trim(), "'7.0'");
     assert_eq!(md("build.pipeline").trim(), "'unit-test'");
-    assert!(md("hostctl.inputhash").trim().len() == 66);
+    inputhash(r, "test/x86_64/host");
     assert_eq!(md("ostree.linux").trim(), format!("'{KVER}'"));
     ostree(r, &["fsck"]);
 }
@@ -378,6 +392,11 @@ fn versions_advance_and_parents_chain_and_noop_is_detected() {
     ok(compose(&f.repo(), &tf, &[]));
     let c2 = rev_parse(&f.repo(), "r").unwrap();
     assert_ne!(c1, c2);
+    assert_ne!(
+        inputhash(&f.repo(), &c1),
+        inputhash(&f.repo(), &c2),
+        "changing an overlay file left the input hash as it was"
+    );
     assert_eq!(rev_parse(&f.repo(), "r^").unwrap(), c1);
     let log = ostree(&f.repo(), &["log", "r"]);
     assert!(
@@ -389,6 +408,11 @@ fn versions_advance_and_parents_chain_and_noop_is_detected() {
     ok(compose(&f.repo(), &tf, &["--force-nocache"]));
     let c3 = rev_parse(&f.repo(), "r").unwrap();
     assert_ne!(c3, c2);
+    assert_eq!(
+        inputhash(&f.repo(), &c2),
+        inputhash(&f.repo(), &c3),
+        "the input hash changed although no input did"
+    );
     assert_eq!(
         ostree(&f.repo(), &["ls", "-RC", &c2]),
         ostree(&f.repo(), &["ls", "-RC", &c3])

@@ -98,6 +98,7 @@ pub fn build(stateroot: Option<&str>, args: &ImageOptions) -> Result<Outcome> {
         &Target {
             sysroot: &mnt.dir,
             stateroot,
+            esp: None,
         },
         &verbs::InstallOptions {
             repo: format!("file://{}", repo_path.display()),

@@ -569,3 +569,158 @@ impl Fixture {
         deployment_dir(self.sysroot(), &self.admin_status()[0])
     }
 }
+
+/// What the ESP's default entry boots, as systemd-boot would choose it (the
+/// sdboot model), resolved through its `ostree=` bootlink in `sysroot`.
+#[derive(Debug)]
+pub struct EspDefault {
+    pub checksum: String,
+    pub serial: u32,
+    pub file_name: String,
+    /// The entry's kernel arguments without libostree's `ostree=` and
+    /// hostctl's `hostctl.deploy=`.
+    pub kargs: Vec<String>,
+    /// The `hostctl.deploy=` argument (OS/CHECKSUM.SERIAL).
+    pub deploy_arg: Option<String>,
+}
+
+pub fn esp_default(sysroot: &Path, esp: &dyn hostctl::bootloader::Esp) -> EspDefault {
+    use hostctl::bootloader::{bls, sdboot};
+    let chosen = sdboot::default_boot(esp)
+        .unwrap_or_else(|e| panic!("reading {}: {e:#}", esp.describe()))
+        .unwrap_or_else(|| panic!("{} has no entry systemd-boot would boot", esp.describe()));
+    assert!(
+        chosen.missing.is_empty(),
+        "{}: default entry {} names missing files {:?}",
+        esp.describe(),
+        chosen.entry.file_name,
+        chosen.missing
+    );
+    let options = &chosen.entry.options;
+    let karg = bls::ostree_karg(options).unwrap_or_else(|| {
+        panic!(
+            "{}: default entry {} has no ostree= argument: {options}",
+            esp.describe(),
+            chosen.entry.file_name
+        )
+    });
+    let link = sysroot.join(karg.trim_start_matches('/'));
+    let target = fs::read_link(&link).unwrap_or_else(|e| {
+        panic!(
+            "{}: default entry {} names bootlink {karg}, which is not a link in {} ({e}): the ESP was not republished",
+            esp.describe(),
+            chosen.entry.file_name,
+            sysroot.display()
+        )
+    });
+    let (_, checksum, serial) = bls::parse_deploy_target(&target.to_string_lossy())
+        .unwrap_or_else(|| panic!("bootlink {karg} -> {} is no deployment", target.display()));
+    let words = options.split_whitespace();
+    EspDefault {
+        checksum,
+        serial,
+        file_name: chosen.entry.file_name.clone(),
+        kargs: words
+            .clone()
+            .filter(|a| !a.starts_with("ostree=") && !a.starts_with("hostctl.deploy="))
+            .map(str::to_string)
+            .collect(),
+        deploy_arg: words
+            .clone()
+            .find_map(|a| a.strip_prefix("hostctl.deploy="))
+            .map(str::to_string),
+    }
+}
+
+/// Names of hostctl's entry files on an ESP.
+pub fn esp_entry_names(esp: &dyn hostctl::bootloader::Esp) -> Vec<String> {
+    esp.list_dir("loader/entries")
+        .unwrap_or_else(|e| panic!("listing {}: {e:#}", esp.describe()))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| !d.is_dir && d.name.starts_with("hostctl-") && d.name.ends_with(".conf"))
+        .map(|d| d.name)
+        .collect()
+}
+
+/// The ESP boots what `ostree admin status` says boots next, with the kernel
+/// arguments of libostree's own entry for it, and holds one hostctl entry
+/// per deployment. `after` names the command, for the failure message.
+pub fn assert_esp_boots_default(
+    sysroot: &Path,
+    esp: &dyn hostctl::bootloader::Esp,
+    after: &str,
+) -> EspDefault {
+    let got = esp_default(sysroot, esp);
+    let status = ostree_admin_status(sysroot);
+    let want = &status[0];
+    assert_eq!(
+        (got.checksum.as_str(), i64::from(got.serial)),
+        (want.checksum.as_str(), want.serial),
+        "after `{after}`: the ESP's default entry {} boots deployment {}.{}, but `ostree admin status` has {}.{} as the default",
+        got.file_name,
+        got.checksum,
+        got.serial,
+        want.checksum,
+        want.serial
+    );
+    assert_eq!(
+        got.deploy_arg,
+        Some(format!("{}/{}.{}", want.osname, want.checksum, want.serial)),
+        "after `{after}`: hostctl.deploy= of ESP entry {} names another deployment than the default",
+        got.file_name
+    );
+    let bls = bls_entries(sysroot);
+    let want_kargs: Vec<String> = bls[0]["options"]
+        .split_whitespace()
+        .filter(|a| !a.starts_with("ostree="))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        got.kargs, want_kargs,
+        "after `{after}`: kernel arguments of ESP entry {} differ from libostree's entry for the default deployment",
+        got.file_name
+    );
+    let names = esp_entry_names(esp);
+    assert_eq!(
+        names.len(),
+        status.len(),
+        "after `{after}`: {} hostctl entries on the ESP ({names:?}) for {} deployments",
+        names.len(),
+        status.len()
+    );
+    got
+}
+
+/// Every path under an ESP directory with its type, size, content hash and
+/// modification time (directories too: a file created and removed again
+/// changes its directory's mtime), for "nothing was written" checks.
+pub fn esp_snapshot(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
+        let entry = entry.unwrap();
+        let rel = entry
+            .path()
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let md = entry.path().symlink_metadata().unwrap();
+        let content = if md.is_file() {
+            hex::encode(Sha256::digest(fs::read(entry.path()).unwrap()))
+        } else {
+            "-".to_string()
+        };
+        out.insert(
+            rel,
+            format!(
+                "{} size={} sha256={content} mtime={}.{:09}",
+                if md.is_dir() { "dir" } else { "file" },
+                md.len(),
+                md.mtime(),
+                md.mtime_nsec()
+            ),
+        );
+    }
+    out
+}
