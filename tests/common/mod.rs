@@ -724,3 +724,53 @@ pub fn esp_snapshot(root: &Path) -> BTreeMap<String, String> {
     }
     out
 }
+
+/// One partition of a disk image's GPT as `sfdisk --json` reads it (not
+/// hostctl's own layout code): byte offset and size, type GUID, name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GptPartition {
+    pub offset: u64,
+    pub size: u64,
+    pub type_guid: String,
+    pub name: String,
+}
+
+/// The partitions of `image`, in table order, read by `sfdisk --json`.
+pub fn gpt_partitions(image: &Path) -> Vec<GptPartition> {
+    let out = sh(Command::new("sfdisk").arg("--json").arg(image));
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("sfdisk --json: {e}: {out}"));
+    let table = &v["partitiontable"];
+    assert_eq!(table["label"], "gpt", "{out}");
+    assert_eq!(table["unit"], "sectors", "{out}");
+    let sector = table["sectorsize"].as_u64().unwrap_or(512);
+    table["partitions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no partitions: {out}"))
+        .iter()
+        .map(|p| GptPartition {
+            offset: p["start"].as_u64().unwrap() * sector,
+            size: p["size"].as_u64().unwrap() * sector,
+            type_guid: p["type"].as_str().unwrap().to_ascii_uppercase(),
+            name: p["name"].as_str().unwrap_or("").to_string(),
+        })
+        .collect()
+}
+
+/// The Discoverable Partitions root type for x86-64, as the specification
+/// spells it (written out here, not taken from hostctl).
+pub const DPS_ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+/// The EFI system partition type GUID (UEFI specification).
+pub const ESP_GUID: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+
+/// The image's root partition: the one partition of the Discoverable
+/// Partitions root type, found through `sfdisk --json`.
+pub fn root_partition(image: &Path) -> GptPartition {
+    let parts = gpt_partitions(image);
+    let roots: Vec<&GptPartition> = parts
+        .iter()
+        .filter(|p| p.type_guid == DPS_ROOT_X86_64)
+        .collect();
+    assert_eq!(roots.len(), 1, "one root partition in {parts:?}");
+    roots[0].clone()
+}
