@@ -246,6 +246,18 @@ fn hosts_accept_only_commits_signed_by_a_trusted_key() {
     fx.build.sign(&c2, &b_secret);
     fx.build.sign(&c2, &a_secret);
     hostctl_ok(fx.sysroot(), &["upgrade"]);
+    // status names the key that verified each deployment.
+    let a_key = fs::read_to_string(&a_public).unwrap().trim().to_string();
+    let json = status_json(fx.sysroot());
+    for d in json["deployments"].as_array().unwrap() {
+        assert_eq!(d["signature"]["state"], "verified", "{d}");
+        assert_eq!(d["signature"]["key"], a_key.as_str(), "{d}");
+    }
+    let text = hostctl_ok(fx.sysroot(), &["status"]);
+    assert!(
+        text.contains(&format!("Signature: verified, key {a_key}")),
+        "{text}"
+    );
     let st = fx.admin_status();
     assert_eq!(
         (st[0].checksum.as_str(), st[1].checksum.as_str()),
@@ -302,4 +314,12 @@ fn a_network_remote_needs_a_key() {
         &fingerprint(fx.sysroot()),
         "install with a missing key file",
     );
+    // A file:// remote may stay unsigned; status says nothing was checked.
+    let c1 = fx
+        .build
+        .commit("stable", "1.0", T0, &deployable(&base_files("1.0")));
+    fx.install("stable", &[]);
+    let json = status_json(fx.sysroot());
+    assert_eq!(json["deployments"][0]["checksum"], c1.as_str());
+    assert_eq!(json["deployments"][0]["signature"]["state"], "not-checked");
 }

@@ -26,6 +26,32 @@ pub struct DeploymentInfo {
     pub rollback: bool,
     /// Kernel arguments from the deployment's bootloader entry.
     pub kargs: Vec<String>,
+    /// The commit's signature against its remote's keys.
+    pub signature: Signature,
+}
+
+/// Whether a deployment's commit is signed by a key its remote trusts,
+/// checked again at every `status` from the signatures in the repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum Signature {
+    /// The origin's remote has no keys (or the origin is a local ref).
+    NotChecked,
+    /// Signed by this trusted key (base64 of the public key).
+    Verified { key: String },
+    /// The remote has keys, and none of them signed this commit (deployed
+    /// before the keys were set, or the repository was changed since).
+    Untrusted,
+}
+
+impl std::fmt::Display for Signature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Signature::NotChecked => write!(f, "not checked (the remote has no keys)"),
+            Signature::Verified { key } => write!(f, "verified, key {key}"),
+            Signature::Untrusted => write!(f, "NOT signed by a trusted key"),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -95,6 +121,7 @@ pub fn render_text(deps: &[DeploymentInfo], verbose: bool) -> String {
             None => out.push_str(&format!("        Version: {version}\n")),
         }
         out.push_str(&format!("         Commit: {}\n", d.checksum));
+        out.push_str(&format!("      Signature: {}\n", d.signature));
         if verbose {
             out.push_str(&format!("             Id: {}\n", d.id));
             out.push_str(&format!("    Kernel args: {}\n", d.kargs.join(" ")));
@@ -123,6 +150,7 @@ mod tests {
             default: index == 0,
             rollback: false,
             kargs: vec!["quiet".into(), "ostree=/ostree/boot.1/x".into()],
+            signature: Signature::NotChecked,
         }
     }
 

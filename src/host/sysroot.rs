@@ -301,11 +301,38 @@ impl Host {
                     default: role.default,
                     rollback: role.rollback,
                     kargs: deployment_kargs(d),
+                    signature: signature_state(&repo, d, &checksum)?,
                     checksum,
                 })
             })
             .collect()
     }
+}
+
+/// The commit's signature checked against the keys of the deployment's
+/// origin remote.
+fn signature_state(
+    repo: &ostree::Repo,
+    d: &ostree::Deployment,
+    checksum: &str,
+) -> Result<status::Signature> {
+    let remote = origin_refspec(d)
+        .and_then(|r| crate::host::origin::Refspec::parse(&r).ok())
+        .and_then(|r| r.remote);
+    let Some(remote) = remote else {
+        return Ok(status::Signature::NotChecked);
+    };
+    let Some(keys) = crate::host::trust::remote_keys(repo, &remote)? else {
+        return Ok(status::Signature::NotChecked);
+    };
+    Ok(
+        match crate::format::sign::verify_commit(repo, checksum, &keys) {
+            Ok(key) => status::Signature::Verified {
+                key: key.to_base64(),
+            },
+            Err(_) => status::Signature::Untrusted,
+        },
+    )
 }
 
 /// The refspec an origin file records, if any.
