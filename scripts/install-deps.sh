@@ -12,6 +12,8 @@ packages=(
   python3
   # tests: an independent ed25519 implementation to check signatures
   openssl
+  # tests: serving published repositories (started by the tests on 127.0.0.1)
+  nginx-light
   # Debian composes and the initramfs
   mmdebstrap dracut-core ostree-boot
   # disks, filesystems and boots
@@ -30,6 +32,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
+  # Packages must not start services (nginx would listen on every address):
+  # the tests start what they need, on 127.0.0.1 only.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy" && own_policy=1
+  fi
   apt-get install -y -q --no-install-recommends "${missing[@]}"
+  if [ -n "$own_policy" ]; then rm -f "$policy"; fi
 fi
 command -v cargo >/dev/null || { echo "install-deps: cargo not found; install Rust (rustup) first" >&2; exit 1; }

@@ -12,6 +12,7 @@ use crate::host::verbs::{
     KargsOptions, PinOptions, RebaseOptions, StatusOptions, Target, UpgradeOptions,
 };
 use crate::image::ImageOptions;
+use crate::publish::serve::PrepareOptions;
 use crate::publish::{KeygenOptions, SignOptions};
 use crate::Outcome;
 
@@ -78,6 +79,8 @@ pub enum Command {
     /// Signing keys.
     #[command(subcommand)]
     Key(KeyCmd),
+    /// Prepare a repository for serving: static deltas, pruning, signed summary.
+    Publish(PublishArgs),
     /// Boot-time hooks run by hostctl's systemd units (not for interactive use).
     #[command(subcommand, hide = true)]
     Internal(InternalCmd),
@@ -93,6 +96,22 @@ pub struct SignArgs {
     pub key: PathBuf,
     /// Ref or commit checksum to sign.
     pub rev: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The archive repository to prepare.
+    #[arg(long, default_value = "repo", value_name = "REPO")]
+    pub repo: PathBuf,
+    /// Generate deltas to each ref's head from this many previous commits.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub deltas: usize,
+    /// Keep this many commits of each ref (head included); older ones are pruned.
+    #[arg(long, value_name = "K")]
+    pub keep: Option<usize>,
+    /// Sign the summary (and any head not yet signed by it) with this ed25519 key.
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -349,6 +368,12 @@ pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
             repo: a.repo.clone(),
             key: a.key.clone(),
             rev: a.rev.clone(),
+        }),
+        Command::Publish(a) => crate::publish::serve::prepare(&PrepareOptions {
+            repo: a.repo.clone(),
+            deltas: a.deltas,
+            keep: a.keep,
+            sign_key: a.sign_key.clone(),
         }),
         Command::Key(KeyCmd::Generate { output }) => crate::publish::generate_key(&KeygenOptions {
             output: output.clone(),

@@ -49,39 +49,6 @@ fn signatures(repo: &Path, checksum: &str) -> Vec<Vec<u8>> {
         .unwrap_or_default()
 }
 
-/// Whether openssl accepts `sig` over the commit object for the key in
-/// `public` (base64 of the raw 32 bytes, as hostctl and libostree write it).
-fn openssl_verifies(dir: &Path, public: &Path, object: &Path, sig: &[u8]) -> bool {
-    let der = dir.join("pub.der");
-    // SubjectPublicKeyInfo for Ed25519: fixed 12-byte prefix, then the key.
-    let mut spki = vec![
-        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-    ];
-    let bytes = Command::new("base64")
-        .arg("-d")
-        .arg(public)
-        .output()
-        .unwrap()
-        .stdout;
-    assert_eq!(bytes.len(), 32, "public key file holds 32 bytes");
-    spki.extend(bytes);
-    fs::write(&der, spki).unwrap();
-    let sigfile = dir.join("sig.bin");
-    fs::write(&sigfile, sig).unwrap();
-    Command::new("openssl")
-        .args(["pkeyutl", "-verify", "-pubin", "-keyform", "DER", "-rawin"])
-        .arg("-inkey")
-        .arg(&der)
-        .arg("-in")
-        .arg(object)
-        .arg("-sigfile")
-        .arg(&sigfile)
-        .output()
-        .unwrap()
-        .status
-        .success()
-}
-
 #[test]
 fn compose_signs_and_openssl_agrees() {
     let dir = tempfile::tempdir().unwrap();

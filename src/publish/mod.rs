@@ -1,6 +1,7 @@
 //! The publishing side: what the build pipeline does to a repository after
-//! composing and before serving it. Today: key pairs and signatures of
-//! existing commits (re-signing, adding a second key during a rotation).
+//! composing and before serving it: key pairs, signatures of existing
+//! commits (re-signing, adding a second key during a rotation), and
+//! [`serve`]: deltas, retention and a signed summary.
 //!
 //! May import `format` and `util`; never `host`, `compose` or `image`.
 
@@ -12,6 +13,8 @@ use anyhow::{Context, Result};
 
 use crate::format::{repo, sign};
 use crate::Outcome;
+
+pub mod serve;
 
 /// What `hostctl sign` is asked to do.
 #[derive(Debug, Clone, Default)]

@@ -1,0 +1,185 @@
+//! Preparing a repository to be served as plain files: static deltas to
+//! each ref's head, old commits pruned by a retention rule, the summary
+//! regenerated and signed. No hostctl process runs on the server.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use ostree::gio;
+use ostree::glib;
+use ostree::prelude::*;
+
+use crate::format::keys::SIGN_ED25519;
+use crate::format::{repo, sign};
+use crate::Outcome;
+
+/// What `hostctl publish` is asked to do.
+#[derive(Debug, Clone)]
+pub struct PrepareOptions {
+    pub repo: PathBuf,
+    /// Deltas to each head from this many of its previous commits.
+    pub deltas: usize,
+    /// Keep this many commits of each ref (head included); None keeps all.
+    pub keep: Option<usize>,
+    /// Sign the summary (and any unsigned head) with this key.
+    pub sign_key: Option<PathBuf>,
+}
+
+/// The commits a delta starts from: the `n` parents of `head` that
+/// retention keeps. A delta from a pruned commit would serve nobody the
+/// server still describes, so the window is the smaller of the two.
+pub fn delta_sources(history: &[String], n: usize, keep: Option<usize>) -> Vec<String> {
+    let kept = keep.unwrap_or(usize::MAX).saturating_sub(1);
+    history.iter().skip(1).take(n.min(kept)).cloned().collect()
+}
+
+fn dir_size(p: &Path) -> u64 {
+    walkdir::WalkDir::new(p)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
+fn human(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+pub fn prepare(args: &PrepareOptions) -> Result<Outcome> {
+    if args.keep == Some(0) {
+        bail!("--keep 0 would remove every commit; keep at least 1");
+    }
+    // Before any change: a key that cannot sign fails first.
+    let key = args
+        .sign_key
+        .as_deref()
+        .map(sign::read_secret)
+        .transpose()?;
+    let r = repo::open(&args.repo)?;
+    if r.mode() != ostree::RepoMode::Archive {
+        bail!(
+            "{} is not an archive repository; only archive repositories can be served over HTTP",
+            args.repo.display()
+        );
+    }
+    let refs: Vec<(String, String)> = r
+        .list_refs(None, gio::Cancellable::NONE)
+        .with_context(|| format!("listing the refs of {}", args.repo.display()))?
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+
+    if let Some(keep) = args.keep {
+        let depth = i32::try_from(keep - 1).unwrap_or(i32::MAX);
+        let (_, pruned, size) = r
+            .prune(
+                ostree::RepoPruneFlags::REFS_ONLY,
+                depth,
+                gio::Cancellable::NONE,
+            )
+            .with_context(|| format!("pruning {}", args.repo.display()))?;
+        // Deltas whose target is gone can serve nobody.
+        r.prune_static_deltas(None, gio::Cancellable::NONE)
+            .with_context(|| format!("pruning the static deltas of {}", args.repo.display()))?;
+        println!(
+            "Pruned {pruned} objects ({}), keeping {keep} commit(s) of each ref.",
+            human(size)
+        );
+    }
+
+    let existing: std::collections::BTreeSet<String> = r
+        .list_static_delta_names(gio::Cancellable::NONE)
+        .context("listing static deltas")?
+        .into_iter()
+        .map(|s| s.to_string())
+        .collect();
+    let deltas_dir = args.repo.join("deltas");
+    for (refname, head) in &refs {
+        if let Some(k) = &key {
+            sign::sign_commit(&r, head, k)
+                .with_context(|| format!("signing {head} ({refname})"))?;
+        }
+        let history: Vec<String> = repo::history(&r, head)?
+            .into_iter()
+            .map(|c| c.checksum)
+            .collect();
+        for from in delta_sources(&history, args.deltas, args.keep) {
+            let name = format!("{from}-{head}");
+            if existing.contains(&name) {
+                continue;
+            }
+            let before = dir_size(&deltas_dir);
+            // libostree reads its parameters without a NULL check: an empty
+            // dictionary, not None, means "the defaults".
+            let params = glib::VariantDict::new(None).end();
+            r.static_delta_generate(
+                ostree::StaticDeltaGenerateOpt::Major,
+                Some(&from),
+                head,
+                None,
+                Some(&params),
+                gio::Cancellable::NONE,
+            )
+            .with_context(|| format!("generating the delta {from} -> {head} of {refname}"))?;
+            println!(
+                "{refname}: delta from {} to {}: {}",
+                &from[..12],
+                &head[..12],
+                human(dir_size(&deltas_dir).saturating_sub(before))
+            );
+        }
+    }
+
+    r.regenerate_summary(None, gio::Cancellable::NONE)
+        .with_context(|| format!("regenerating the summary of {}", args.repo.display()))?;
+    if let Some(k) = &key {
+        sign_summary(&args.repo, k)?;
+    }
+    println!(
+        "{} is ready to serve as static files ({} ref(s)).",
+        args.repo.display(),
+        refs.len()
+    );
+    Ok(Outcome::Done)
+}
+
+/// `summary.sig` in libostree's format for ed25519: an `a{sv}` with
+/// `ostree.sign.ed25519` holding signatures over the summary file's bytes.
+/// Written under a temporary name and renamed, so a server never serves a
+/// half-written signature.
+fn sign_summary(repo_path: &Path, key: &sign::SecretKey) -> Result<()> {
+    let summary = repo_path.join("summary");
+    let bytes =
+        std::fs::read(&summary).with_context(|| format!("reading {}", summary.display()))?;
+    let sigs = vec![key.sign(&bytes).to_vec()];
+    let dict = glib::VariantDict::new(None);
+    dict.insert_value(SIGN_ED25519, &sigs.to_variant());
+    let data = dict.end().data_as_bytes();
+    let sig = repo_path.join("summary.sig");
+    let tmp = repo_path.join(".summary.sig.tmp");
+    std::fs::write(&tmp, &data).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &sig)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), sig.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deltas_start_only_from_kept_parents() {
+        let h: Vec<String> = ["d", "c", "b", "a"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(delta_sources(&h, 2, None), ["c", "b"]);
+        assert_eq!(delta_sources(&h, 5, None), ["c", "b", "a"]);
+        assert_eq!(delta_sources(&h, 5, Some(2)), ["c"]);
+        assert!(delta_sources(&h, 0, None).is_empty());
+        assert!(delta_sources(&h, 3, Some(1)).is_empty());
+        assert!(delta_sources(&h[..1], 3, None).is_empty());
+    }
+}
