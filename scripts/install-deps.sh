@@ -8,6 +8,8 @@ packages=(
   libostree-dev ostree libglib2.0-dev pkg-config
   # compose: tarballs, chroot scripts, units
   tar gzip zstd xz-utils bzip2 util-linux systemd busybox-static
+  # the sandbox postprocess scripts (and dracut) run in
+  bubblewrap
   # tests: a static HTTP server for remotes over http
   python3
   # Debian composes and the initramfs

@@ -16,6 +16,7 @@ pub mod inputhash;
 pub mod packages;
 pub mod postprocess;
 pub mod rootfs;
+pub mod sandbox;
 pub mod sysusers;
 pub mod treefile;
 pub mod version;
