@@ -1,5 +1,6 @@
 //! Running code that comes with the tree being composed (the treefile's
-//! `postprocess` scripts) as root inside that tree, with bubblewrap.
+//! `postprocess` scripts, the tree's dracut) as root inside that tree, with
+//! bubblewrap.
 //!
 //! A chroot is not a boundary for root: through `/proc/<pid>/root` of any
 //! process outside it, a bind of the build machine's `/dev`, `mknod`,
