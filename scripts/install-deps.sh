@@ -8,7 +8,7 @@ packages=(
   libostree-dev ostree libglib2.0-dev pkg-config
   # compose: tarballs, chroot scripts, units
   tar gzip zstd xz-utils bzip2 util-linux systemd busybox-static
-  # the sandbox postprocess scripts (and dracut) run in
+  # the sandbox postprocess scripts and dracut run in (bwrap)
   bubblewrap
   # tests: a static HTTP server for remotes over http
   python3
@@ -32,4 +32,5 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+command -v bwrap >/dev/null || { echo "install-deps: bwrap missing although bubblewrap is installed" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "install-deps: cargo not found; install Rust (rustup) first" >&2; exit 1; }
