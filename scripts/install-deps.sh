@@ -8,6 +8,8 @@ packages=(
   libostree-dev ostree libglib2.0-dev pkg-config
   # compose: tarballs, chroot scripts, units
   tar gzip zstd xz-utils bzip2 util-linux systemd busybox-static
+  # the sandbox postprocess scripts and dracut run in (bwrap)
+  bubblewrap
   # tests: a static HTTP server for remotes over http
   python3
   # tests: an independent ed25519 implementation to check signatures
@@ -42,4 +44,5 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -q --no-install-recommends "${missing[@]}"
   if [ -n "$own_policy" ]; then rm -f "$policy"; fi
 fi
+command -v bwrap >/dev/null || { echo "install-deps: bwrap missing although bubblewrap is installed" >&2; exit 1; }
 command -v cargo >/dev/null || { echo "install-deps: cargo not found; install Rust (rustup) first" >&2; exit 1; }

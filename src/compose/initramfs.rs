@@ -2,16 +2,18 @@
 //! `/usr/lib/modules/$kver/{vmlinuz,initramfs.img}`.
 //!
 //! The initramfs is built by the tree's own dracut inside the tree (so it
-//! matches the tree's systemd, libraries and modules), generic rather than
+//! matches the tree's systemd, libraries and modules; in the sandbox of
+//! [`crate::compose::sandbox`], as it is code from the tree), generic rather than
 //! host-only (the build machine is not the host), with libostree's `ostree`
 //! module that runs `ostree-prepare-root`, and with the configuration this
 //! project keeps in `dracut/`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+
+use crate::compose::sandbox;
 
 /// Kernel versions of the tree: directories of `/usr/lib/modules` that come
 /// with a kernel image, either already at `$kver/vmlinuz` or as Debian's
@@ -34,25 +36,6 @@ pub fn kernels(tree: &Path) -> Result<Vec<String>> {
     }
     out.sort();
     Ok(out)
-}
-
-/// Run `argv` chrooted into `tree` with /proc, /sys and /dev mounted, in a
-/// private mount namespace so nothing stays mounted when it ends.
-pub fn chroot_cmd(tree: &Path, argv: &[&str]) -> Command {
-    let mut c = Command::new("unshare");
-    c.args(["--mount", "--fork", "sh", "-ec"])
-        .arg(
-            "root=$1; shift; \
-             mount -t proc proc \"$root/proc\"; \
-             mount -t sysfs sysfs \"$root/sys\"; \
-             mount --rbind /dev \"$root/dev\"; \
-             exec chroot \"$root\" \"$@\"",
-        )
-        .arg("sh")
-        .arg(tree)
-        .args(argv)
-        .env("LC_ALL", "C.UTF-8");
-    c
 }
 
 /// Move the kernel into place and build its initramfs with the tree's dracut.
@@ -95,8 +78,14 @@ pub fn build(tree: &Path, dracut_conf_dir: &Path) -> Result<()> {
     install_dracut_conf(tree, dracut_conf_dir)?;
     let out_rel = format!("/usr/lib/modules/{kver}/initramfs.img");
     eprintln!("Building the initramfs for {kver} with the tree's dracut");
-    let out = chroot_cmd(
+    // The tree's dracut is code from the tree like a postprocess script, so
+    // it gets the same sandbox. There is no CAP_MKNOD in it: dracut is told
+    // not to create /dev nodes in the image, which the kernel's built-in
+    // initramfs and the initrd's devtmpfs provide at boot anyway.
+    sandbox::prepare(tree).context("initramfs: preparing the tree for the sandbox")?;
+    let out = sandbox::command(
         tree,
+        sandbox::Access::default(),
         &[
             "dracut",
             "--force",
@@ -107,8 +96,15 @@ pub fn build(tree: &Path, dracut_conf_dir: &Path) -> Result<()> {
             &out_rel,
         ],
     )
+    .env("LC_ALL", "C.UTF-8")
+    .env("DRACUT_NO_MKNOD", "1")
     .output()
-    .context("running dracut in the tree")?;
+    .with_context(|| {
+        format!(
+            "starting bwrap (package bubblewrap) to run dracut in {}",
+            tree.display()
+        )
+    })?;
     if !out.status.success() || !tree.join(out_rel.trim_start_matches('/')).is_file() {
         bail!(
             "dracut failed in the tree for kernel {kver} ({}): {}",

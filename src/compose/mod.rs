@@ -15,6 +15,7 @@ pub mod inputhash;
 pub mod packages;
 pub mod postprocess;
 pub mod rootfs;
+pub mod sandbox;
 pub mod sysusers;
 pub mod tree;
 pub mod treefile;

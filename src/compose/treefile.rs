@@ -24,6 +24,8 @@ pub struct RawTreefile {
     pub overlays: Option<Vec<PathBuf>>,
     pub remove_files: Option<Vec<String>>,
     pub postprocess: Option<Vec<String>>,
+    /// Give the postprocess scripts the build machine's network.
+    pub postprocess_network: Option<bool>,
     pub units: Option<Vec<String>>,
     pub default_target: Option<String>,
     pub include: Option<Vec<PathBuf>>,
@@ -55,6 +57,7 @@ pub struct Treefile {
     pub overlays: Vec<PathBuf>,
     pub remove_files: Vec<String>,
     pub postprocess: Vec<String>,
+    pub postprocess_network: bool,
     pub units: Vec<String>,
     pub default_target: Option<String>,
     pub automatic_version_prefix: Option<String>,
@@ -221,6 +224,7 @@ pub fn merge(included: RawTreefile, top: RawTreefile) -> RawTreefile {
         overlays: list(included.overlays, top.overlays),
         remove_files: list(included.remove_files, top.remove_files),
         postprocess: list(included.postprocess, top.postprocess),
+        postprocess_network: top.postprocess_network.or(included.postprocess_network),
         units: list(included.units, top.units),
         default_target: top.default_target.or(included.default_target),
         include: None,
@@ -294,6 +298,7 @@ fn finish(path: &Path, raw: RawTreefile, sources: Vec<PathBuf>) -> Result<Treefi
         overlays: raw.overlays.unwrap_or_default(),
         remove_files: raw.remove_files.unwrap_or_default(),
         postprocess: raw.postprocess.unwrap_or_default(),
+        postprocess_network: raw.postprocess_network.unwrap_or(false),
         units: raw.units.unwrap_or_default(),
         default_target: raw.default_target,
         automatic_version_prefix: raw.automatic_version_prefix,
@@ -742,6 +747,33 @@ d = """x""""
         std::fs::write(p.join("b.toml"), "include = [\"a.toml\"]\n").unwrap();
         let e = format!("{:#}", load(&p.join("a.toml")).unwrap_err());
         assert!(e.contains("include cycle"), "{e}");
+    }
+
+    #[test]
+    fn postprocess_network_defaults_to_off_and_the_top_file_decides() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        std::fs::write(p.join("plain.toml"), "ref = \"x\"\n").unwrap();
+        assert!(!load(&p.join("plain.toml")).unwrap().postprocess_network);
+        std::fs::write(p.join("inc.toml"), "postprocess-network = true\n").unwrap();
+        std::fs::write(p.join("on.toml"), "ref = \"x\"\ninclude = [\"inc.toml\"]\n").unwrap();
+        assert!(load(&p.join("on.toml")).unwrap().postprocess_network);
+        std::fs::write(
+            p.join("off.toml"),
+            "ref = \"x\"\ninclude = [\"inc.toml\"]\npostprocess-network = false\n",
+        )
+        .unwrap();
+        assert!(!load(&p.join("off.toml")).unwrap().postprocess_network);
+
+        let e = parse("ref = \"a\"\npostprocess-network = \"yes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/t/host.toml:2:"), "{e}");
+        assert!(e.contains("key `postprocess-network`"), "{e}");
+        let e = parse("ref = \"a\"\npostprocess-networking = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `postprocess-networking`"), "{e}");
     }
 
     #[test]

@@ -6,22 +6,14 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
+use crate::compose::sandbox;
 use crate::compose::treefile::Treefile;
 use crate::util::run;
 
-/// Mount setup for a script, run by `sh` inside a private mount namespace
-/// (`unshare --mount`) so that the mounts vanish with the process even if
-/// hostctl is killed: nothing can leak onto the build machine.
-const CHROOT_WRAPPER: &str = r#"set -e
-root=$1
-mount --rbind /dev "$root/dev"
-mount -t proc proc "$root/proc"
-mount -t tmpfs tmpfs "$root/run"
-mount -t tmpfs tmpfs "$root/tmp"
-exec chroot "$root" /bin/sh -e -c "$2"
-"#;
-
-/// Run every script in order with the tree as its root.
+/// Run every script in order with the tree as its root, each in its own
+/// sandbox (see [`crate::compose::sandbox`]): a script comes with the
+/// treefile, runs as root, and must not be able to change, read or keep
+/// running on the build machine. Only what it writes into the tree stays.
 pub fn run_scripts(tf: &Treefile, tree: &Path) -> Result<()> {
     if tf.postprocess.is_empty() {
         return Ok(());
@@ -31,42 +23,26 @@ pub fn run_scripts(tf: &Treefile, tree: &Path) -> Result<()> {
             "postprocess: the tree has no /bin/sh to run the scripts with; add a shell to the base or drop `postprocess`"
         );
     }
-    for dir in ["dev", "proc", "run", "tmp"] {
-        let p = tree.join(dir);
-        if !p.exists() {
-            fs::create_dir(&p).with_context(|| format!("creating {}", p.display()))?;
-        }
-    }
+    sandbox::prepare(tree).context("postprocess: preparing the tree for the sandbox")?;
+    let access = sandbox::Access {
+        network: tf.postprocess_network,
+    };
     for (i, script) in tf.postprocess.iter().enumerate() {
         let first = script.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
         eprintln!("Running postprocess[{i}]: {}", first.trim());
         let log = tempfile::tempfile().context("creating a log file for postprocess")?;
-        let status = Command::new("unshare")
-            .args([
-                "--mount",
-                "--propagation",
-                "private",
-                "--",
-                "sh",
-                "-c",
-                CHROOT_WRAPPER,
-                "sh",
-            ])
-            .arg(tree)
-            .arg(script)
-            .env_clear()
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
-            .env("LANG", "C.UTF-8")
-            .env("HOME", "/root")
+        let status = sandbox::command(tree, access, &["/bin/sh", "-e", "-c", script])
             .env("DEBIAN_FRONTEND", "noninteractive")
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("log file")?)
             .stderr(log.try_clone().context("log file")?)
             .status()
-            .context("starting unshare for a postprocess script")?;
+            .with_context(|| {
+                format!(
+                    "postprocess[{i}]: starting bwrap (package bubblewrap) to run the script in {}",
+                    tree.display()
+                )
+            })?;
         if !status.success() {
             let output = read_log(log);
             bail!(
