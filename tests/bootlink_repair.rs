@@ -2,6 +2,8 @@
 //! recreates a missing `ostree=` bootlink from the `hostctl.deploy=` argument
 //! of the ESP entry, run against a directory standing in for /sysroot.
 
+mod common;
+
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
@@ -21,16 +23,9 @@ fn run_hook(sysroot: &Path, cmdline: &str) -> String {
         .env("CMDLINE", &cmdfile)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    let stderr = common::stderr(&out);
+    // The hook reports on stderr; both streams are what a boot log shows.
+    format!("{}{stderr}", common::ok(out))
 }
 
 fn sysroot_with_deployment() -> (tempfile::TempDir, std::path::PathBuf) {

@@ -1,6 +1,6 @@
 //! The host side: one sysroot and what operators do to it.
 //!
-//! The verbs ([`verbs`]: install, status, upgrade, rollback, deploy,
+//! The verbs ([`verbs`], and [`install`] for a fresh sysroot: status, upgrade, rollback, deploy,
 //! rebase, kargs, pin, cleanup, boot-check) take option structs of their
 //! own and call the mechanisms: [`sysroot`] (open and lock), [`fetch`]
 //! (verified pulls), [`plan`] and [`roles`] (pure decisions), [`deploy`]
@@ -11,6 +11,7 @@
 
 pub mod deploy;
 pub mod fetch;
+pub mod install;
 pub mod kargs;
 pub mod origin;
 pub mod plan;

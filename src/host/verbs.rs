@@ -3,7 +3,7 @@
 //! one libostree step at the end, so a failure before that step leaves
 //! deployments, boot entries and origins as they were.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -19,27 +19,13 @@ use crate::host::origin::Refspec;
 use crate::host::plan::{self, Decision};
 use crate::host::status;
 use crate::host::sysroot::{self, Host};
-use crate::host::trust;
 use crate::Outcome;
 
 use super::deploy::{
-    copy_origin, default_deployment, deploy_commit, deployment_refspec, origin_for,
-    write_and_publish,
+    copy_origin, default_deployment, deploy_commit, deployment_refspec, write_and_publish,
 };
 
-/// What `hostctl install` is asked to do (docs/cli.md describes each option).
-#[derive(Debug, Clone, Default)]
-pub struct InstallOptions {
-    pub repo: String,
-    pub refspec: String,
-    pub remote: String,
-    pub kargs: Vec<String>,
-    /// Files of ed25519 public keys; every commit from the remote must be
-    /// signed by one of them.
-    pub verify_keys: Vec<PathBuf>,
-    /// Accept an http(s) remote without keys.
-    pub allow_unsigned: bool,
-}
+pub use super::install::{install, InstallOptions};
 
 /// What `hostctl status` is asked to do (docs/cli.md describes each option).
 #[derive(Debug, Clone, Default)]
@@ -129,7 +115,7 @@ fn open_to_change(t: &Target) -> Result<Host> {
     Ok(host)
 }
 
-const DEFAULT_STATEROOT: &str = "debian";
+pub(crate) const DEFAULT_STATEROOT: &str = "debian";
 
 fn maybe_reboot(host: &Host, reboot: bool) -> Result<()> {
     if !reboot {
@@ -149,112 +135,12 @@ fn maybe_reboot(host: &Host, reboot: bool) -> Result<()> {
     Ok(())
 }
 
-fn describe(c: &CommitInfo) -> String {
+pub(crate) fn describe(c: &CommitInfo) -> String {
     format!(
         "{} ({})",
         c.version.as_deref().unwrap_or("<no version>"),
         c.checksum
     )
-}
-
-pub fn install(t: &Target, args: &InstallOptions) -> Result<Outcome> {
-    kargs::validate_all(&args.kargs).context("--karg")?;
-    let path = t.sysroot;
-    sysroot::require_own_filesystem(path)?;
-    if let Some(esp) = t.esp {
-        esp.check(path)?;
-    }
-    let before = top_level_entries(path)?;
-    let result = install_inner(t, args);
-    if result.is_err() {
-        // Leave DIR as it was: remove only what this install created.
-        for name in top_level_entries(path).unwrap_or_default() {
-            if !before.contains(&name) {
-                let p = path.join(&name);
-                let _ = if p.is_dir() && !p.is_symlink() {
-                    std::fs::remove_dir_all(&p)
-                } else {
-                    std::fs::remove_file(&p)
-                };
-            }
-        }
-    }
-    result
-}
-
-fn top_level_entries(path: &Path) -> Result<Vec<std::ffi::OsString>> {
-    std::fs::read_dir(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .map(|e| {
-            e.map(|e| e.file_name())
-                .with_context(|| format!("reading {}", path.display()))
-        })
-        .collect()
-}
-
-fn install_inner(t: &Target, args: &InstallOptions) -> Result<Outcome> {
-    let path = t.sysroot;
-    let keys = trust::read_key_files(&args.verify_keys)?;
-    trust::check_policy(&args.repo, !keys.is_empty(), args.allow_unsigned)?;
-    let osname = t.stateroot.unwrap_or(DEFAULT_STATEROOT);
-    if path
-        .join("ostree/deploy")
-        .join(osname)
-        .join("deploy")
-        .is_dir()
-        && std::fs::read_dir(path.join("ostree/deploy").join(osname).join("deploy"))
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false)
-    {
-        bail!(
-            "{} already has deployments in stateroot {osname}; use `hostctl upgrade` or `rebase`",
-            path.display()
-        );
-    }
-    let refspec = Refspec {
-        remote: Some(args.remote.clone()),
-        branch: Refspec::parse(&args.refspec)?.branch,
-    };
-    let sysroot = ostree::Sysroot::new(Some(&gio::File::for_path(path)));
-    sysroot
-        .ensure_initialized(gio::Cancellable::NONE)
-        .with_context(|| format!("initializing sysroot {}", path.display()))?;
-    sysroot
-        .load(gio::Cancellable::NONE)
-        .with_context(|| format!("loading sysroot {}", path.display()))?;
-    let repo = sysroot.repo();
-    let config = repo.copy_config();
-    // libostree writes BLS entries under /boot/loader and swaps the symlink
-    // atomically; publishing them for the firmware is hostctl's job.
-    config.set_string("sysroot", "bootloader", "none");
-    // The remote lives in the repository config rather than /etc/ostree:
-    // an unbooted sysroot's /etc is not the deployed system's /etc.
-    let group = format!("remote \"{}\"", args.remote);
-    config.set_string(&group, "url", &args.repo);
-    config.set_boolean(&group, "gpg-verify", false);
-    if !keys.is_empty() {
-        trust::set_remote_keys(&config, &args.remote, &keys);
-    }
-    repo.write_config(&config)
-        .with_context(|| format!("writing {}/ostree/repo/config", path.display()))?;
-    sysroot
-        .init_osname(osname, gio::Cancellable::NONE)
-        .with_context(|| format!("creating stateroot {osname} in {}", path.display()))?;
-    drop(sysroot);
-
-    let mut host = sysroot::open(path, Some(osname), true)?;
-    host.use_esp(t.esp)?;
-    let probe = fetch::probe(&host.repo(), &path.join("ostree/repo"), &refspec, 1, false)?;
-    let head = probe.head_info()?;
-    fetch::pull_into_sysroot(&host.repo(), &probe, &head.checksum)?;
-    let kargs = (!args.kargs.is_empty()).then_some(args.kargs.as_slice());
-    deploy_commit(&host, &head.checksum, &origin_for(&refspec), None, kargs)?;
-    println!(
-        "Installed {} from {refspec} into {}.",
-        describe(&head),
-        path.display()
-    );
-    Ok(Outcome::Done)
 }
 
 pub fn status(t: &Target, args: &StatusOptions) -> Result<Outcome> {
