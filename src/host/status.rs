@@ -121,7 +121,11 @@ pub fn render_text(deps: &[DeploymentInfo], verbose: bool) -> String {
             None => out.push_str(&format!("        Version: {version}\n")),
         }
         out.push_str(&format!("         Commit: {}\n", d.checksum));
-        out.push_str(&format!("      Signature: {}\n", d.signature));
+        // An unsigned remote's "not checked" on every line would be noise;
+        // -v says it, and any checked state is always shown.
+        if verbose || d.signature != Signature::NotChecked {
+            out.push_str(&format!("      Signature: {}\n", d.signature));
+        }
         if verbose {
             out.push_str(&format!("             Id: {}\n", d.id));
             out.push_str(&format!("    Kernel args: {}\n", d.kargs.join(" ")));
@@ -198,6 +202,30 @@ mod tests {
         assert!(text.contains("Version: 2.0 (2023-11-14 22:13:20 UTC)"));
         assert!(!text.contains("Kernel args"));
         assert!(render_text(&[dep(0, "1", false)], true).contains("Kernel args: quiet ostree="));
+    }
+
+    #[test]
+    fn a_checked_signature_is_always_shown() {
+        let mut a = dep(0, "2.0", false);
+        a.signature = Signature::Verified { key: "K=".into() };
+        let mut b = dep(1, "1.0", true);
+        b.signature = Signature::Untrusted;
+        let text = render_text(&[a, b], false);
+        assert!(text.contains("Signature: verified, key K=\n"), "{text}");
+        assert!(
+            text.contains("Signature: NOT signed by a trusted key\n"),
+            "{text}"
+        );
+        let plain = render_text(&[dep(0, "1", false)], false);
+        assert!(!plain.contains("Signature"), "{plain}");
+        let verbose = render_text(&[dep(0, "1", false)], true);
+        assert!(verbose.contains("Signature: not checked"), "{verbose}");
+        let json: serde_json::Value =
+            serde_json::from_str(&render_json(&[dep(0, "1", false)])).unwrap();
+        assert_eq!(
+            json["deployments"][0]["signature"],
+            serde_json::json!({"state": "not-checked"})
+        );
     }
 
     #[test]
