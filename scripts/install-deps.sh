@@ -10,6 +10,8 @@ packages=(
   tar gzip zstd xz-utils bzip2 util-linux systemd busybox-static
   # tests: a static HTTP server for remotes over http
   python3
+  # tests: an independent ed25519 implementation to check signatures
+  openssl
   # Debian composes and the initramfs
   mmdebstrap dracut-core ostree-boot
   # disks, filesystems and boots

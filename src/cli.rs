@@ -5,13 +5,14 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::bootloader::cli::PublishOptions;
-use crate::build::compose::ComposeOptions;
+use crate::bootloader::{EspTarget, HOST_ESP};
+use crate::compose::tree::ComposeOptions;
 use crate::host::verbs::{
     self as verbs, BootCheckOptions, CleanupOptions, DbDiffOptions, DeployOptions, InstallOptions,
     KargsOptions, PinOptions, RebaseOptions, StatusOptions, Target, UpgradeOptions,
 };
 use crate::image::ImageOptions;
+use crate::publish::{KeygenOptions, SignOptions};
 use crate::Outcome;
 
 #[derive(Debug, Parser)]
@@ -27,6 +28,18 @@ pub struct Cli {
     /// Stateroot (OSTree "osname"); defaults to the booted one, else the only one present.
     #[arg(long, global = true, value_name = "NAME")]
     pub stateroot: Option<String>,
+    /// ESP (a mounted directory) to publish boot entries to whenever the
+    /// command writes a deployment list; default: /efi on the running host
+    /// when it holds hostctl's entries, else none (`internal` commands: /efi).
+    #[arg(long, global = true, value_name = "DIR", conflicts_with = "esp_image")]
+    pub esp: Option<PathBuf>,
+    /// Instead of --esp: a disk image holding the ESP's FAT filesystem,
+    /// written with mtools (no mount needed).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub esp_image: Option<PathBuf>,
+    /// Byte offset of the FAT filesystem inside --esp-image (default 0).
+    #[arg(long, global = true, value_name = "BYTES", requires = "esp_image")]
+    pub esp_offset: Option<u64>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -60,9 +73,36 @@ pub enum Command {
     /// Disk images.
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Sign an existing commit with an ed25519 key (adds to its signatures).
+    Sign(SignArgs),
+    /// Signing keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
     /// Boot-time hooks run by hostctl's systemd units (not for interactive use).
     #[command(subcommand, hide = true)]
     Internal(InternalCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// Repository holding the commit.
+    #[arg(long, default_value = "repo", value_name = "REPO")]
+    pub repo: PathBuf,
+    /// ed25519 secret key file (from `hostctl key generate`).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Ref or commit checksum to sign.
+    pub rev: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCmd {
+    /// Generate an ed25519 key pair: PREFIX.secret and PREFIX.pub.
+    Generate {
+        /// Path prefix of the two files; existing files are never overwritten.
+        #[arg(long, value_name = "PREFIX")]
+        output: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +131,9 @@ pub struct ComposeTreeArgs {
     /// Where the tree is assembled (default: $TMPDIR); removed afterwards.
     #[arg(long, value_name = "DIR")]
     pub workdir: Option<PathBuf>,
+    /// Sign the new commit with this ed25519 secret key file.
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
     /// The treefile (TOML).
     pub treefile: PathBuf,
 }
@@ -109,6 +152,14 @@ pub struct InstallArgs {
     /// Kernel argument for the deployment (repeatable).
     #[arg(long = "karg", value_name = "ARG")]
     pub kargs: Vec<String>,
+    /// File of ed25519 public keys (base64, one per line) that every commit
+    /// from the remote must be signed by (repeatable).
+    #[arg(long = "verify-key", value_name = "FILE")]
+    pub verify_keys: Vec<PathBuf>,
+    /// Accept an http(s) remote without --verify-key: anyone who can change
+    /// the repository or the network path then decides what the host boots.
+    #[arg(long)]
+    pub insecure_allow_unsigned: bool,
 }
 
 #[derive(Debug, Args)]
@@ -228,6 +279,13 @@ pub struct ImageBuildArgs {
     /// URL the host's remote points at (default: the repo the image is built from).
     #[arg(long, value_name = "URL")]
     pub remote_url: Option<String>,
+    /// File of ed25519 public keys the host verifies every commit against
+    /// (repeatable); the image's own commit is verified with them too.
+    #[arg(long = "verify-key", value_name = "FILE")]
+    pub verify_keys: Vec<PathBuf>,
+    /// Accept an http(s) --remote-url without --verify-key.
+    #[arg(long)]
+    pub insecure_allow_unsigned: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -240,46 +298,43 @@ pub enum InternalCmd {
 }
 
 #[derive(Debug, Args)]
-pub struct BootCheckArgs {
-    /// Mounted EFI system partition.
-    #[arg(long, default_value = "/efi", value_name = "DIR")]
-    pub esp: PathBuf,
-}
+pub struct BootCheckArgs {}
 
 #[derive(Debug, Args)]
-pub struct PublishEntriesArgs {
-    /// Mounted EFI system partition (where Debian mounts it by default, and
-    /// one of the places systemd-bless-boot looks).
-    #[arg(
-        long,
-        default_value = "/efi",
-        value_name = "DIR",
-        conflicts_with = "esp_image"
-    )]
-    pub esp: PathBuf,
-    /// Instead of a mounted ESP: a disk image holding the FAT filesystem,
-    /// written with mtools (no mount needed).
-    #[arg(long, value_name = "FILE")]
-    pub esp_image: Option<PathBuf>,
-    /// Byte offset of the FAT filesystem inside --esp-image.
-    #[arg(
-        long,
-        default_value_t = 0,
-        value_name = "BYTES",
-        requires = "esp_image"
-    )]
-    pub esp_offset: u64,
+pub struct PublishEntriesArgs {}
+
+impl Cli {
+    /// The ESP named with `--esp` or `--esp-image`, if any.
+    pub fn esp_target(&self) -> Option<EspTarget> {
+        match (&self.esp, &self.esp_image) {
+            (_, Some(image)) => Some(EspTarget::Image {
+                path: image.clone(),
+                offset: self.esp_offset.unwrap_or(0),
+            }),
+            (Some(dir), None) => Some(EspTarget::Dir(dir.clone())),
+            (None, None) => None,
+        }
+    }
+
+    /// The named ESP, else the host's mount point (`/efi`): for the boot-time
+    /// `internal` commands, which always have an ESP.
+    fn esp_or_default(&self) -> EspTarget {
+        self.esp_target()
+            .unwrap_or_else(|| EspTarget::Dir(PathBuf::from(HOST_ESP)))
+    }
 }
 
 /// Run a parsed command line. This is the only place that turns clap's
 /// structs into the library's options, so the library never sees clap.
 pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
+    let esp = cli.esp_target();
     let t = Target {
         sysroot: &cli.sysroot,
         stateroot: cli.stateroot.as_deref(),
+        esp: esp.as_ref(),
     };
     match &cli.command {
-        Command::Compose(ComposeCmd::Tree(a)) => crate::build::compose::run(&a.into()),
+        Command::Compose(ComposeCmd::Tree(a)) => crate::compose::tree::run(&a.into()),
         Command::Install(a) => verbs::install(&t, &a.into()),
         Command::Status(a) => verbs::status(&t, &a.into()),
         Command::Upgrade(a) => verbs::upgrade(&t, &a.into()),
@@ -290,9 +345,22 @@ pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Command::Pin(a) => verbs::pin(&t, &a.into()),
         Command::Cleanup(a) => verbs::cleanup(&t, &a.into()),
         Command::Image(ImageCmd::Build(a)) => crate::image::build(t.stateroot, &a.into()),
-        Command::Internal(InternalCmd::BootCheck(a)) => verbs::boot_check(&t, &a.into()),
-        Command::Internal(InternalCmd::PublishEntries(a)) => {
-            crate::bootloader::cli::publish_entries(&cli.sysroot, &a.into())
+        Command::Sign(a) => crate::publish::sign_existing(&SignOptions {
+            repo: a.repo.clone(),
+            key: a.key.clone(),
+            rev: a.rev.clone(),
+        }),
+        Command::Key(KeyCmd::Generate { output }) => crate::publish::generate_key(&KeygenOptions {
+            output: output.clone(),
+        }),
+        Command::Internal(InternalCmd::BootCheck(_)) => verbs::boot_check(
+            &t,
+            &BootCheckOptions {
+                esp: cli.esp_or_default(),
+            },
+        ),
+        Command::Internal(InternalCmd::PublishEntries(_)) => {
+            crate::bootloader::cli::publish_entries(&cli.sysroot, &cli.esp_or_default())
         }
         Command::Db(DbCmd::Diff(a)) => match &a.repo {
             Some(repo) => {
@@ -315,6 +383,8 @@ impl From<&InstallArgs> for InstallOptions {
             refspec: a.refspec.clone(),
             remote: a.remote.clone(),
             kargs: a.kargs.clone(),
+            verify_keys: a.verify_keys.clone(),
+            allow_unsigned: a.insecure_allow_unsigned,
         }
     }
 }
@@ -399,12 +469,6 @@ impl From<&DbDiffArgs> for DbDiffOptions {
     }
 }
 
-impl From<&BootCheckArgs> for BootCheckOptions {
-    fn from(a: &BootCheckArgs) -> Self {
-        BootCheckOptions { esp: a.esp.clone() }
-    }
-}
-
 impl From<&ComposeTreeArgs> for ComposeOptions {
     fn from(a: &ComposeTreeArgs) -> Self {
         ComposeOptions {
@@ -415,6 +479,7 @@ impl From<&ComposeTreeArgs> for ComposeOptions {
             cachedir: a.cachedir.clone(),
             workdir: a.workdir.clone(),
             treefile: a.treefile.clone(),
+            sign_key: a.sign_key.clone(),
         }
     }
 }
@@ -428,16 +493,8 @@ impl From<&ImageBuildArgs> for ImageOptions {
             size: a.size.clone(),
             kargs: a.kargs.clone(),
             remote_url: a.remote_url.clone(),
-        }
-    }
-}
-
-impl From<&PublishEntriesArgs> for PublishOptions {
-    fn from(a: &PublishEntriesArgs) -> Self {
-        PublishOptions {
-            esp: a.esp.clone(),
-            esp_image: a.esp_image.clone(),
-            esp_offset: a.esp_offset,
+            verify_keys: a.verify_keys.clone(),
+            allow_unsigned: a.insecure_allow_unsigned,
         }
     }
 }

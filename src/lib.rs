@@ -2,7 +2,7 @@
 //!
 //! The crate has one folder per side (docs/architecture.md draws the flow):
 //!
-//! - [`build`]: treefile → rootfs → packages → postprocess → initramfs and
+//! - [`compose`]: treefile → rootfs → packages → postprocess → initramfs and
 //!   system users → commit; `hostctl compose`.
 //! - [`format`]: what a commit carries and how it is read back (metadata
 //!   keys, package lists, dirtrees, history). Shared by every side.
@@ -10,20 +10,22 @@
 //!   deploy, status, kernel arguments).
 //! - [`bootloader`]: systemd-boot entries on the ESP, published crash-safely.
 //! - [`image`]: bootable disk images from a repository.
+//! - [`publish`]: keys and signatures for the commits a pipeline serves.
 //! - [`cli`]: the command line, the only code that knows clap.
 //!
-//! Imports go one way: `cli` → verbs (`host`, `build`, `image`) →
+//! Imports go one way: `cli` → verbs (`host`, `compose`, `image`) →
 //! mechanisms (`bootloader`, `host` internals) → `format` → `util`. The
 //! sides the next features add get folders of their own beside these:
-//! `publish` (signing and serving commits), `agent` (the update agent and
+//! `publish` grows serving (deltas, summary, pruning), `agent` (the update agent and
 //! health checks) and `containers` (container hosts).
 
 pub mod bootloader;
-pub mod build;
 pub mod cli;
+pub mod compose;
 pub mod format;
 pub mod host;
 pub mod image;
+pub mod publish;
 pub mod util;
 
 /// What a command reports back to `main` beyond success or failure.

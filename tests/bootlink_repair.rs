@@ -46,8 +46,12 @@ fn cmdline() -> String {
 
 fn resolves_to_deployment(sysroot: &Path) -> bool {
     let link = sysroot.join(TARGET.trim_start_matches('/'));
-    fs::canonicalize(link).ok()
-        == fs::canonicalize(sysroot.join(format!("ostree/deploy/debian/deploy/{CSUM}.0"))).ok()
+    let deployment = sysroot.join(format!("ostree/deploy/debian/deploy/{CSUM}.0"));
+    // The deployment must exist: a missing one would make both sides
+    // unresolvable and the comparison vacuous.
+    let deployment = fs::canonicalize(&deployment)
+        .unwrap_or_else(|e| panic!("deployment {} does not resolve: {e}", deployment.display()));
+    fs::canonicalize(link).ok() == Some(deployment)
 }
 
 #[test]

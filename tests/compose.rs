@@ -41,6 +41,20 @@ fn rev_parse(repo: &Path, refname: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// The `hostctl.inputhash` a commit records: 64 hex digits.
+fn inputhash(repo: &Path, rev: &str) -> String {
+    let v = ostree(
+        repo,
+        &["show", rev, "--print-metadata-key=hostctl.inputhash"],
+    );
+    let h = v.trim().trim_matches('\'').to_string();
+    assert!(
+        h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()),
+        "hostctl.inputhash of {rev} is not a SHA-256 in hex: {v:?}"
+    );
+    h
+}
+
 fn set_xattr(p: &Path, name: &str, value: &[u8]) {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
     let n = std::ffi::CString::new(name).unwrap();
@@ -340,7 +354,7 @@ automatic-version-prefix = "7"
     };
     assert_eq!(md("version").trim(), "'7.0'");
     assert_eq!(md("build.pipeline").trim(), "'unit-test'");
-    assert!(md("hostctl.inputhash").trim().len() == 66);
+    inputhash(r, "test/x86_64/host");
     assert_eq!(md("ostree.linux").trim(), format!("'{KVER}'"));
     ostree(r, &["fsck"]);
 }
@@ -378,6 +392,11 @@ fn versions_advance_and_parents_chain_and_noop_is_detected() {
     ok(compose(&f.repo(), &tf, &[]));
     let c2 = rev_parse(&f.repo(), "r").unwrap();
     assert_ne!(c1, c2);
+    assert_ne!(
+        inputhash(&f.repo(), &c1),
+        inputhash(&f.repo(), &c2),
+        "changing an overlay file left the input hash as it was"
+    );
     assert_eq!(rev_parse(&f.repo(), "r^").unwrap(), c1);
     let log = ostree(&f.repo(), &["log", "r"]);
     assert!(
@@ -389,6 +408,11 @@ fn versions_advance_and_parents_chain_and_noop_is_detected() {
     ok(compose(&f.repo(), &tf, &["--force-nocache"]));
     let c3 = rev_parse(&f.repo(), "r").unwrap();
     assert_ne!(c3, c2);
+    assert_eq!(
+        inputhash(&f.repo(), &c2),
+        inputhash(&f.repo(), &c3),
+        "the input hash changed although no input did"
+    );
     assert_eq!(
         ostree(&f.repo(), &["ls", "-RC", &c2]),
         ostree(&f.repo(), &["ls", "-RC", &c3])
@@ -617,4 +641,249 @@ fn the_builtin_example_composes() {
     assert!(l.contains(" /usr/etc/example/example.conf\n"), "{l}");
     assert!(!l.contains("notes.tmp"));
     ostree(&f.repo(), &["fsck"]);
+}
+
+/// docs/treefile.md, `remove-files`: "A pattern never follows symlinks out of
+/// the tree." A base link to a directory outside, and patterns that would
+/// match through it: what is outside stays byte for byte.
+#[test]
+fn remove_files_never_follows_a_symlink_out_of_the_tree() {
+    let f = Fixture::new();
+    let outside = tempfile::tempdir().unwrap();
+    let canary = outside.path().join("canary");
+    write(&canary.join("x"), "must survive\n");
+    write(&canary.join("sub/y"), "must survive too\n");
+    fs::create_dir_all(f.p("base/usr/share")).unwrap();
+    symlink(&canary, f.p("base/usr/share/evil")).unwrap();
+    let before = fingerprint(outside.path());
+    let tf = f.treefile(
+        "t.toml",
+        "ref = \"r\"\nbase = \"base\"\nremove-files = [\"/usr/share/evil/*\", \"/usr/share/evil/x\", \"usr/share/evil/sub\"]\n",
+    );
+    let out = compose(&f.repo(), &tf, &[]);
+    let err = stderr(&out);
+    ok(out);
+    assert_eq!(fingerprint(outside.path()), before, "outside the tree");
+    for p in [
+        "/usr/share/evil/*",
+        "/usr/share/evil/x",
+        "usr/share/evil/sub",
+    ] {
+        assert!(
+            err.contains(&format!("`{p}` matched nothing")),
+            "no warning for {p}: {err}"
+        );
+    }
+    // The link itself is part of the tree and is committed as a link.
+    let l = ostree(&f.repo(), &["ls", "r", "/usr/share/evil"]);
+    assert!(
+        l.contains(&format!(" /usr/share/evil -> {}", canary.display())),
+        "{l}"
+    );
+    // Removing the link removes the link, not what it points to.
+    let tf = f.treefile(
+        "t.toml",
+        "ref = \"r\"\nbase = \"base\"\nremove-files = [\"/usr/share/evil\"]\n",
+    );
+    ok(compose(&f.repo(), &tf, &[]));
+    assert_eq!(fingerprint(outside.path()), before, "outside the tree");
+    let l = ostree(&f.repo(), &["ls", "r", "/usr/share"]);
+    assert!(!l.contains("evil"), "{l}");
+}
+
+/// docs/treefile.md, "What makes a compose happen": the input hash covers the
+/// mode and owner of each file of the base, so a chmod or a chown alone is a
+/// new compose; an untouched rerun is not.
+#[test]
+fn a_mode_or_owner_change_of_a_base_file_is_a_new_compose() {
+    let f = Fixture::new();
+    let tf = f.treefile("t.toml", "ref = \"r\"\nbase = \"base\"\n");
+    let r = &f.repo();
+    ok(compose(r, &tf, &[]));
+    let c1 = rev_parse(r, "r").unwrap();
+    let ls = |what: &str| ostree(r, &["ls", what, "/usr/etc/app.conf"]);
+    assert!(ls("r").starts_with("-00644 0 0 "), "{}", ls("r"));
+
+    let out = compose(r, &tf, &["--unchanged-exit-77"]);
+    assert_eq!(out.status.code(), Some(77), "{}", stderr(&out));
+    assert_eq!(rev_parse(r, "r").unwrap(), c1);
+
+    let conf = f.p("base/etc/app.conf");
+    fs::set_permissions(&conf, fs::Permissions::from_mode(0o600)).unwrap();
+    let out = compose(r, &tf, &["--unchanged-exit-77"]);
+    assert_eq!(out.status.code(), Some(0), "mode only: {}", stderr(&out));
+    let c2 = rev_parse(r, "r").unwrap();
+    assert_ne!(c2, c1, "a mode change made no new commit");
+    assert_eq!(rev_parse(r, "r^").unwrap(), c1);
+    assert!(ls("r").starts_with("-00600 0 0 "), "{}", ls("r"));
+
+    chown(&conf, Some(1234), Some(1234)).unwrap();
+    let out = compose(r, &tf, &["--unchanged-exit-77"]);
+    assert_eq!(out.status.code(), Some(0), "owner only: {}", stderr(&out));
+    let c3 = rev_parse(r, "r").unwrap();
+    assert_ne!(c3, c2, "an owner change made no new commit");
+    assert!(ls("r").starts_with("-00600 1234 1234 "), "{}", ls("r"));
+    assert_eq!(
+        fs::read_to_string(&conf).unwrap(),
+        "setting = base\n",
+        "the content never changed"
+    );
+
+    let out = compose(r, &tf, &["--unchanged-exit-77"]);
+    assert_eq!(out.status.code(), Some(77), "{}", stderr(&out));
+    assert_eq!(rev_parse(r, "r").unwrap(), c3);
+}
+
+fn mknod(p: &Path, mode: libc::mode_t, dev: libc::dev_t) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let r = unsafe { libc::mknod(c.as_ptr(), mode, dev) };
+    assert_eq!(
+        r,
+        0,
+        "mknod {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+/// docs/treefile.md, "/var is emptied": sockets, FIFOs and device nodes under
+/// /var are dropped with a warning naming each; the commit has no trace of them.
+#[test]
+fn special_files_in_var_are_dropped_with_a_warning() {
+    let f = Fixture::new();
+    let spool = f.p("base/var/spool/app");
+    fs::create_dir_all(&spool).unwrap();
+    mknod(&spool.join("fifo"), libc::S_IFIFO | 0o644, 0);
+    mknod(
+        &spool.join("null-device"),
+        libc::S_IFCHR | 0o666,
+        libc::makedev(1, 3),
+    );
+    let sock = std::os::unix::net::UnixListener::bind(spool.join("socket")).unwrap();
+    drop(sock);
+    for name in ["fifo", "null-device", "socket"] {
+        let t = fs::symlink_metadata(spool.join(name)).unwrap().file_type();
+        assert!(!t.is_file() && !t.is_dir() && !t.is_symlink(), "{name}");
+    }
+    let tf = f.treefile("t.toml", "ref = \"r\"\nbase = \"base\"\n");
+    let out = compose(&f.repo(), &tf, &[]);
+    let err = stderr(&out);
+    ok(out);
+    let listing = ostree(&f.repo(), &["ls", "-R", "r"]);
+    let tmpfiles = ostree(
+        &f.repo(),
+        &["cat", "r", "/usr/lib/tmpfiles.d/hostctl-var.conf"],
+    );
+    for name in ["fifo", "null-device", "socket"] {
+        let path = format!("/var/spool/app/{name}");
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with("warning:") && l.contains(&format!("{path} "))),
+            "no warning naming {path}: {err}"
+        );
+        assert!(!listing.contains(name), "{name} committed:\n{listing}");
+        assert!(
+            !tmpfiles.contains(name),
+            "{name} in tmpfiles.d:\n{tmpfiles}"
+        );
+    }
+    // The directory holding them still comes back.
+    assert!(
+        tmpfiles.lines().any(|l| l.starts_with("d /var/spool/app ")),
+        "{tmpfiles}"
+    );
+}
+
+/// docs/treefile.md: "/tmp and /run are emptied", and to scripts they are
+/// "empty scratch space that is not committed".
+#[test]
+fn tmp_and_run_are_committed_empty() {
+    let f = Fixture::new();
+    write(&f.p("base/tmp/leftover"), "from the base\n");
+    write(&f.p("base/tmp/dir/nested"), "from the base\n");
+    write(&f.p("base/run/app.pid"), "42\n");
+    write(&f.p("base/run/lock/subsys/x"), "\n");
+    let tf = f.treefile(
+        "t.toml",
+        r#"ref = "r"
+base = "base"
+postprocess = [
+  "test ! -e /tmp/leftover && test ! -e /run/app.pid",
+  "echo scratch > /tmp/from-script && mkdir -p /run/script && echo x > /run/script/state",
+]
+"#,
+    );
+    ok(compose(&f.repo(), &tf, &[]));
+    for dir in ["/tmp", "/run"] {
+        let l = ostree(&f.repo(), &["ls", "-R", "r", dir]);
+        assert_eq!(l.lines().count(), 1, "{dir} is not empty:\n{l}");
+        let mode = if dir == "/tmp" {
+            "d01777 0 0 "
+        } else {
+            "d00755 0 0 "
+        };
+        assert!(l.starts_with(mode), "{dir}: {l}");
+    }
+}
+
+/// docs/treefile.md, "/var is emptied": what the tree had under /var comes back
+/// when the real systemd-tmpfiles runs the commit's tmpfiles.d file, checked
+/// entry by entry (type, mode, owner, content, link target) against the base.
+#[test]
+fn systemd_tmpfiles_recreates_var_as_the_tree_had_it() {
+    let f = Fixture::new();
+    let b = f.p("base");
+    fs::create_dir_all(b.join("var/log/journal")).unwrap();
+    fs::set_permissions(
+        b.join("var/log/journal"),
+        fs::Permissions::from_mode(0o2755),
+    )
+    .unwrap();
+    fs::create_dir_all(b.join("var/cache/app")).unwrap();
+    chown(b.join("var/cache/app"), Some(1234), Some(0)).unwrap();
+    fs::set_permissions(b.join("var/cache/app"), fs::Permissions::from_mode(0o700)).unwrap();
+    symlink("state", b.join("var/lib/svc/current")).unwrap();
+    symlink("../lib/svc", b.join("var/cache/svc-link")).unwrap();
+    // Names tmpfiles.d must quote, escape or keep from specifier expansion.
+    write(&b.join("var/lib/svc/with space"), "spaced\n");
+    write(&b.join("var/lib/svc/50%m back\\slash"), "percent\n");
+    symlink("with space", b.join("var/lib/svc/link to %h")).unwrap();
+    chown(b.join("var/lib/svc/state"), Some(1234), Some(1234)).unwrap();
+    let tf = f.treefile("t.toml", "ref = \"r\"\nbase = \"base\"\n");
+    ok(compose(&f.repo(), &tf, &[]));
+
+    // A deployment's view: the commit checked out, /usr/etc as /etc, an
+    // empty /var. Then the boot's tmpfiles run, by systemd's own tool.
+    let root = f.p("checkout");
+    sh(Command::new("ostree")
+        .arg(format!("--repo={}", f.repo().display()))
+        .args(["checkout", "r"])
+        .arg(&root));
+    sh(Command::new("cp")
+        .arg("-a")
+        .arg(root.join("usr/etc"))
+        .arg(root.join("etc")));
+    assert_eq!(fs::read_dir(root.join("var")).unwrap().count(), 0);
+    sh(Command::new("systemd-tmpfiles")
+        .arg("--create")
+        .arg(format!("--root={}", root.display()))
+        .arg("--prefix=/var"));
+
+    let want = fingerprint(&b.join("var"));
+    let got = fingerprint(&root.join("var"));
+    let mut missing = Vec::new();
+    for (path, entry) in want.iter().filter(|(p, _)| !p.is_empty()) {
+        match got.get(path) {
+            Some(g) if g == entry => {}
+            other => missing.push(format!("{path}: tree had {entry}, tmpfiles made {other:?}")),
+        }
+    }
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+    // Moved top-level directories come back under /var too.
+    assert_eq!(
+        fs::read_to_string(root.join("var/home/alice/.profile")).unwrap(),
+        "# alice\n"
+    );
+    let roothome = fs::symlink_metadata(root.join("var/roothome")).unwrap();
+    assert!(roothome.is_dir() && roothome.permissions().mode() & 0o7777 == 0o700);
 }

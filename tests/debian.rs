@@ -16,8 +16,9 @@ mod common;
 
 use common::*;
 
-use hostctl::build::packages::{self, Package};
-use hostctl::build::treefile;
+use hostctl::compose::packages;
+use hostctl::compose::treefile;
+use hostctl::format::pkglist::Package;
 
 const REF: &str = "debian/12/x86_64/minimal";
 
@@ -493,6 +494,40 @@ fn resolve_is_stable_and_errors_name_the_culprit() {
         e.contains("mirror reachable") && e.contains("http://127.0.0.1:9/debian"),
         "{e}"
     );
+}
+
+/// docs/treefile.md, Packages, "Errors": a package that does not
+/// exist stops the compose before committing, the error names it, and the
+/// ref, the repository's list of refs and its files are as they were, as the
+/// `ostree` CLI sees them.
+#[test]
+fn an_unknown_package_leaves_the_ref_unchanged() {
+    let t = scratch();
+    let repo = t.path().join("repo");
+    write(&t.path().join("base/usr/share/marker"), "before\n");
+    let good = t.path().join("good.toml");
+    write(&good, "ref = \"test/pkgs\"\nbase = \"base\"\n");
+    ok(compose(&repo, t.path(), &good));
+    let head = sh(ostree(&repo).args(["rev-parse", "test/pkgs"]));
+    let refs = sh(ostree(&repo).arg("refs"));
+    let before = fingerprint(&repo);
+
+    let bad = t.path().join("bad.toml");
+    write(
+        &bad,
+        "ref = \"test/pkgs\"\npackages = [\"hello\", \"no-such-package-hostctl\"]\n",
+    );
+    let out = compose(&repo, t.path(), &bad);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not found: no-such-package-hostctl"),
+        "the error does not name the package: {err}"
+    );
+    assert_eq!(sh(ostree(&repo).args(["rev-parse", "test/pkgs"])), head);
+    assert_eq!(sh(ostree(&repo).arg("refs")), refs);
+    assert_same(&before, &fingerprint(&repo), "a failed compose");
+    sh(ostree(&repo).arg("fsck"));
 }
 
 /// Build a .deb whose postinst fails.

@@ -9,8 +9,8 @@ use std::process::Command;
 
 mod common;
 
-use common::{hostctl_cmd, ok, run_hostctl, sh};
-use hostctl::bootloader::{self, bls, sdboot, DirEsp, MtoolsEsp};
+use common::{esp_snapshot, hostctl_cmd, ok, ostree_admin_status, run_hostctl, sh};
+use hostctl::bootloader::{self, DirEsp, MtoolsEsp};
 
 struct Mount(PathBuf);
 
@@ -106,26 +106,14 @@ fn publish_cli(s: &Sysroot, esp: &[&str]) -> String {
 
 /// `(checksum, serial)` of deployment 0 according to `ostree admin status`.
 fn ostree_default(s: &Sysroot) -> (String, u32) {
-    let out = sh(Command::new("ostree")
-        .args(["admin", "status", "--sysroot"])
-        .arg(&s.root));
-    let first = out
-        .lines()
-        .find(|l| l.trim_start().starts_with("debian "))
-        .expect("a deployment line");
-    let id = first.split_whitespace().nth(1).unwrap();
-    let (c, serial) = id.rsplit_once('.').unwrap();
-    (c.to_string(), serial.parse().unwrap())
+    let first = &ostree_admin_status(&s.root)[0];
+    (first.checksum.clone(), u32::try_from(first.serial).unwrap())
 }
 
 /// The deployment the ESP's default entry boots, resolved in the sysroot.
 fn esp_default(s: &Sysroot, esp: &dyn bootloader::Esp) -> (String, u32, String) {
-    let chosen = sdboot::default_boot(esp).unwrap().expect("a default entry");
-    assert!(chosen.missing.is_empty(), "{:?}", chosen.missing);
-    let karg = bls::ostree_karg(&chosen.entry.options).unwrap();
-    let target = std::fs::read_link(s.root.join(karg.trim_start_matches('/'))).unwrap();
-    let (_, c, serial) = bls::parse_deploy_target(&target.to_string_lossy()).unwrap();
-    (c, serial, chosen.entry.file_name)
+    let d = common::esp_default(&s.root, esp);
+    (d.checksum, d.serial, d.file_name)
 }
 
 fn vfat_image(dir: &Path) -> PathBuf {
@@ -238,5 +226,66 @@ fn unmounted_esp_is_refused() {
         std::fs::read_dir(&esp).unwrap().count(),
         0,
         "nothing written"
+    );
+}
+
+/// SHA-256 and modification time of a file, for "not one byte written".
+fn file_state(p: &Path) -> (String, std::time::SystemTime) {
+    use sha2::Digest;
+    let bytes = std::fs::read(p).unwrap();
+    let mtime = std::fs::metadata(p).unwrap().modified().unwrap();
+    (hex::encode(sha2::Sha256::digest(bytes)), mtime)
+}
+
+#[test]
+fn republishing_an_up_to_date_esp_changes_no_byte() {
+    let s = sysroot();
+    let work = tempfile::tempdir().unwrap();
+    let esp_dir = work.path().join("esp");
+    std::fs::create_dir(&esp_dir).unwrap();
+    let img = vfat_image(work.path());
+    deploy(&s, "1", "one", &["rw"]);
+    deploy(&s, "2", "two", &["rw", "quiet"]);
+    let esp_arg = ["--esp", esp_dir.to_str().unwrap()];
+    let img_arg = ["--esp-image", img.to_str().unwrap()];
+    publish_cli(&s, &esp_arg);
+    publish_cli(&s, &img_arg);
+    assert_eq!(
+        esp_default(&s, &DirEsp::new(&esp_dir)).0,
+        ostree_default(&s).0
+    );
+    let dir_before = esp_snapshot(&esp_dir);
+    let img_before = file_state(&img);
+    // Coarse file system timestamps would hide a rewrite made right away.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+
+    publish_cli(&s, &esp_arg);
+    publish_cli(&s, &img_arg);
+
+    let dir_after = esp_snapshot(&esp_dir);
+    let changed: Vec<String> = dir_before
+        .iter()
+        .filter(|(k, v)| dir_after.get(*k) != Some(*v))
+        .map(|(k, v)| format!("{k}: {v} -> {:?}", dir_after.get(k)))
+        .chain(
+            dir_after
+                .keys()
+                .filter(|k| !dir_before.contains_key(*k))
+                .map(|k| format!("added {k}")),
+        )
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "republishing an up-to-date directory ESP changed:\n{}",
+        changed.join("\n")
+    );
+    let img_after = file_state(&img);
+    assert_eq!(
+        img_before.0, img_after.0,
+        "republishing an up-to-date vfat image changed its bytes"
+    );
+    assert_eq!(
+        img_before.1, img_after.1,
+        "republishing an up-to-date vfat image wrote to it (mtime changed)"
     );
 }

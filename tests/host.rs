@@ -190,7 +190,17 @@ fn rollback_deploy_by_version_and_checksum_and_rebase() {
     hostctl_ok(fx.sysroot(), &["deploy", "1.0", "--allow-downgrade"]);
     assert_eq!(fx.admin_status()[0].checksum, c1);
     let out = hostctl(fx.sysroot(), &["deploy", "9.9"]);
+    assert!(
+        !out.status.success(),
+        "deploying the nonexistent version 9.9 succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(stderr(&out).contains("9.9"), "{}", stderr(&out));
+    assert_eq!(
+        fx.admin_status()[0].checksum,
+        c1,
+        "deploy 9.9 changed the default"
+    );
 
     // Rebase to another ref, keeping /etc changes.
     let mut other = v_files("10.0");
@@ -413,6 +423,24 @@ fn refused_and_failed_operations_leave_the_sysroot_byte_for_byte_unchanged() {
         &fingerprint(fx.sysroot()),
         "a rebase to a missing ref",
     );
+    // A missing remote.
+    let out = hostctl(fx.sysroot(), &["rebase", "nosuchremote:stable"]);
+    assert!(
+        !out.status.success(),
+        "rebase to a missing remote succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr(&out).contains("nosuchremote"),
+        "the error does not name the missing remote: {}",
+        stderr(&out)
+    );
+    assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+    assert_same(
+        &before,
+        &fingerprint(fx.sysroot()),
+        "a rebase to a missing remote",
+    );
     let out = hostctl(fx.sysroot(), &["deploy", "7.7"]);
     assert!(!out.status.success());
     assert_same(
@@ -437,27 +465,116 @@ fn refused_and_failed_operations_leave_the_sysroot_byte_for_byte_unchanged() {
     fsck(fx.sysroot());
 }
 
+/// Holds libostree's sysroot lock the way libostree takes it (an
+/// open-file-description write lock on `ostree/lock`, which libostree
+/// removes when it lets go, so it may have to be created) until dropped.
+struct SysrootLock {
+    _held: fs::File,
+}
+
+impl SysrootLock {
+    fn take(sysroot: &Path) -> SysrootLock {
+        let path = sysroot.join("ostree/lock");
+        let lock = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+        let fl = libc::flock {
+            l_type: libc::F_WRLCK as libc::c_short,
+            l_whence: libc::SEEK_SET as libc::c_short,
+            l_start: 0,
+            l_len: 0,
+            l_pid: 0,
+        };
+        let rc = unsafe {
+            libc::fcntl(
+                std::os::fd::AsRawFd::as_raw_fd(&lock),
+                libc::F_OFD_SETLK,
+                &fl,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "taking the lock on {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+        SysrootLock { _held: lock }
+    }
+}
+
+/// `hostctl --sysroot S upgrade` in the background, its stderr going to a
+/// file that can be read while it runs.
+fn spawn_upgrade(sysroot: &Path, stderr_file: &Path) -> std::process::Child {
+    Command::new(hostctl_bin())
+        .arg("--sysroot")
+        .arg(sysroot)
+        .arg("upgrade")
+        .stdout(std::process::Stdio::piped())
+        .stderr(fs::File::create(stderr_file).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+const WAITING: &str = "Waiting for another operation";
+
+/// Wait (at most a minute) until every file in `files` contains `what`.
+fn wait_for_all(files: &[std::path::PathBuf], what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let texts: Vec<String> = files
+            .iter()
+            .map(|f| fs::read_to_string(f).unwrap_or_default())
+            .collect();
+        if texts.iter().all(|t| t.contains(what)) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every command said {what:?} within a minute; their stderr: {texts:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn two_upgrades_at_once_run_one_after_the_other() {
     let fx = Fixture::new();
     let c1 = fx.build.commit("stable", "1.0", T0, &v_files("1.0"));
     fx.install("stable", &[]);
     let c2 = fx.build.commit("stable", "2.0", T0 + 100, &v_files("2.0"));
-    let spawn = || {
-        Command::new(hostctl_bin())
-            .arg("--sysroot")
-            .arg(fx.sysroot())
-            .arg("upgrade")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let a = spawn();
-    let b = spawn();
+    // Both upgrades start while the sysroot is locked, so they overlap for
+    // certain: without the lock both would deploy (or trip over each other).
+    let lock = SysrootLock::take(fx.sysroot());
+    let logs = tempfile::tempdir().unwrap();
+    let errs = [logs.path().join("a.err"), logs.path().join("b.err")];
+    let a = spawn_upgrade(fx.sysroot(), &errs[0]);
+    let b = spawn_upgrade(fx.sysroot(), &errs[1]);
+    wait_for_all(&errs, WAITING);
+    let st = fx.admin_status();
+    assert_eq!(
+        st.len(),
+        1,
+        "an upgrade deployed while the sysroot was locked: {st:?}"
+    );
+    assert!(
+        !has_commit(fx.sysroot(), &c2),
+        "an upgrade pulled into the sysroot while it was locked"
+    );
+    drop(lock);
     let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
-    for o in &outs {
-        assert!(o.status.success(), "{}", stderr(o));
+    for (o, e) in outs.iter().zip(&errs) {
+        assert!(
+            o.status.success(),
+            "an upgrade failed ({}): {}",
+            o.status,
+            fs::read_to_string(e).unwrap()
+        );
+        assert_no_glib_noise(&fs::read_to_string(e).unwrap(), &"a concurrent upgrade");
     }
     let stdouts: Vec<String> = outs
         .iter()
@@ -465,10 +582,18 @@ fn two_upgrades_at_once_run_one_after_the_other() {
         .collect();
     let deployed = stdouts.iter().filter(|s| s.contains("Deployed")).count();
     let unchanged = stdouts.iter().filter(|s| s.contains("No update")).count();
-    assert_eq!((deployed, unchanged), (1, 1), "{stdouts:?}");
+    assert_eq!(
+        (deployed, unchanged),
+        (1, 1),
+        "expected one upgrade to deploy and one to find no update: {stdouts:?}"
+    );
     let st = fx.admin_status();
     let ids: Vec<&str> = st.iter().map(|e| e.checksum.as_str()).collect();
-    assert_eq!(ids, vec![c2.as_str(), c1.as_str()]);
+    assert_eq!(
+        ids,
+        vec![c2.as_str(), c1.as_str()],
+        "deployments after two upgrades"
+    );
     fsck(fx.sysroot());
 }
 
@@ -478,31 +603,7 @@ fn a_busy_sysroot_makes_the_next_operation_wait() {
     fx.build.commit("stable", "1.0", T0, &v_files("1.0"));
     fx.install("stable", &[]);
     let c2 = fx.build.commit("stable", "2.0", T0 + 100, &v_files("2.0"));
-    // Hold libostree's sysroot lock the way libostree takes it (an
-    // open-file-description lock on ostree/lock, which it removes when it
-    // lets go, so it may have to be created).
-    let lock = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(fx.sysroot().join("ostree/lock"))
-        .unwrap();
-    let fl = libc::flock {
-        l_type: libc::F_WRLCK as libc::c_short,
-        l_whence: libc::SEEK_SET as libc::c_short,
-        l_start: 0,
-        l_len: 0,
-        l_pid: 0,
-    };
-    let rc = unsafe {
-        libc::fcntl(
-            std::os::fd::AsRawFd::as_raw_fd(&lock),
-            libc::F_OFD_SETLK,
-            &fl,
-        )
-    };
-    assert_eq!(rc, 0, "taking the lock");
+    let lock = SysrootLock::take(fx.sysroot());
     let child = Command::new(hostctl_bin())
         .arg("--sysroot")
         .arg(fx.sysroot())
@@ -741,15 +842,27 @@ impl Drop for HttpServer {
 #[test]
 fn install_and_upgrade_over_http() {
     let fx = Fixture::new();
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, public) = keypair(keys.path(), "build");
     let c1 = fx.build.commit("stable", "1.0", T0, &v_files("1.0"));
+    fx.build.sign(&c1, &secret);
     let server = HttpServer::serve(fx.build.path.parent().unwrap());
     let url = format!("http://127.0.0.1:{}/repo", server.1);
     hostctl_ok(
         fx.sysroot(),
-        &["install", "--repo", &url, "--ref", "stable"],
+        &[
+            "install",
+            "--repo",
+            &url,
+            "--ref",
+            "stable",
+            "--verify-key",
+            public.to_str().unwrap(),
+        ],
     );
     assert_eq!(fx.admin_status()[0].checksum, c1);
     let c2 = fx.build.commit("stable", "2.0", T0 + 100, &v_files("2.0"));
+    fx.build.sign(&c2, &secret);
     let check = hostctl_ok(fx.sysroot(), &["upgrade", "--check"]);
     assert!(check.contains(&c2), "{check}");
     hostctl_ok(fx.sysroot(), &["upgrade"]);
@@ -769,4 +882,61 @@ fn install_and_upgrade_over_http() {
         &fingerprint(fx.sysroot()),
         "an upgrade from a vanished server",
     );
+}
+
+#[test]
+fn reboot_on_a_sysroot_that_is_not_running_is_skipped() {
+    let fx = Fixture::new();
+    let c1 = fx.build.commit("stable", "1.0", T0, &v_files("1.0"));
+    fx.install("stable", &[]);
+    // A systemctl that only records that it was called, first in PATH: if
+    // hostctl asked for a reboot, it would reach this and never the real one.
+    let bin = tempfile::tempdir().unwrap();
+    let called = bin.path().join("systemctl-called");
+    let fake = bin.path().join("systemctl");
+    fs::write(
+        &fake,
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", called.display()),
+    )
+    .unwrap();
+    fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let c2 = fx.build.commit("stable", "2.0", T0 + 100, &v_files("2.0"));
+    let co = fx.build.commit("testing", "5.0", T0 + 200, &v_files("5.0"));
+    for (args, want) in [
+        (&["upgrade", "--reboot"][..], c2.as_str()),
+        (
+            &["deploy", "1.0", "--allow-downgrade", "--reboot"][..],
+            c1.as_str(),
+        ),
+        (&["kargs", "--append", "x=1", "--reboot"][..], c1.as_str()),
+        (&["rebase", "testing", "--reboot"][..], co.as_str()),
+    ] {
+        let out = run_hostctl(
+            Command::new(hostctl_bin())
+                .arg("--sysroot")
+                .arg(fx.sysroot())
+                .args(args)
+                .env("PATH", &path),
+        );
+        assert!(
+            !called.exists(),
+            "{args:?} on an unbooted sysroot ran `systemctl {}`",
+            fs::read_to_string(&called).unwrap_or_default().trim()
+        );
+        let stdout = ok(out);
+        assert!(
+            stdout.contains("Not rebooting"),
+            "{args:?} did not say it skips the reboot: {stdout}"
+        );
+        assert_eq!(
+            fx.admin_status()[0].checksum,
+            want,
+            "{args:?} did not make its commit the default"
+        );
+    }
 }

@@ -3,13 +3,14 @@
 //! the systemd-boot model what it would boot.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::bls::{ostree_karg, OstreeEntry};
 use super::esp::{CrashingEsp, DirEsp, EspFs, ENTRIES_DIR};
-use super::plan::{self, ENTRY_PREFIX};
+use super::mtools::MtoolsEsp;
+use super::plan::{self, Op, Plan, ENTRY_PREFIX};
 use super::sdboot::{self, split_counter};
-use super::{publish_entries, read_snapshot};
+use super::{desired_entries, execute, publish_entries, read_snapshot};
 
 type DeployId = (String, u32);
 
@@ -90,12 +91,14 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 /// Renames hostctl entries on `esp` the way systemd-boot / bless-boot would.
-fn set_counter(esp: &Path, base: &str, suffix: &str) {
-    let dir = esp.join(ENTRIES_DIR);
-    for de in std::fs::read_dir(&dir).unwrap() {
-        let name = de.unwrap().file_name().to_string_lossy().into_owned();
-        if split_counter(&name).map(|(b, _)| b) == Some(base) {
-            std::fs::rename(dir.join(&name), dir.join(format!("{base}{suffix}.conf"))).unwrap();
+fn set_counter(esp: &dyn EspFs, base: &str, suffix: &str) {
+    for de in esp.list_dir(ENTRIES_DIR).unwrap().unwrap() {
+        if split_counter(&de.name).map(|(b, _)| b) == Some(base) {
+            esp.rename(
+                &format!("{ENTRIES_DIR}/{}", de.name),
+                &format!("{ENTRIES_DIR}/{base}{suffix}.conf"),
+            )
+            .unwrap();
             return;
         }
     }
@@ -120,7 +123,7 @@ fn first_good(entries: &[OstreeEntry], boot: &Path, bad: &BTreeSet<String>) -> O
 
 /// What systemd-boot boots on `esp`, resolved through `links` to a
 /// deployment; panics if it would not boot.
-fn booted(esp: &DirEsp, boot: &Path, links: &BTreeMap<String, DeployId>) -> Option<DeployId> {
+fn booted(esp: &dyn EspFs, boot: &Path, links: &BTreeMap<String, DeployId>) -> Option<DeployId> {
     let chosen = sdboot::default_boot(esp).unwrap()?;
     assert!(
         chosen.missing.is_empty(),
@@ -130,7 +133,7 @@ fn booted(esp: &DirEsp, boot: &Path, links: &BTreeMap<String, DeployId>) -> Opti
     );
     // Complete copies: same bytes as libostree's files.
     for f in chosen.entry.linux.iter().chain(&chosen.entry.initrds) {
-        let on_esp = std::fs::read(esp.root().join(f.trim_start_matches('/'))).unwrap();
+        let on_esp = esp.read_file(f.trim_start_matches('/')).unwrap().unwrap();
         let src_rel = f.trim_start_matches("/hostctl/");
         let src = std::fs::read(boot.join("ostree").join(src_rel)).unwrap();
         assert!(on_esp == src, "{f} on the ESP differs from the source");
@@ -160,7 +163,72 @@ struct Transition {
     counters: Vec<(usize, &'static str)>,
 }
 
+/// Where a trial's ESP lives: a directory (what a booted host has mounted)
+/// or a FAT filesystem in an image file written with mtools (what `image
+/// build` uses).
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Dir,
+    Mtools,
+}
+
+impl Backend {
+    /// An empty ESP at `at` (a directory or an image file).
+    fn create(self, at: &Path) -> Box<dyn EspFs> {
+        match self {
+            Backend::Dir => {
+                std::fs::create_dir(at).unwrap();
+                Box::new(DirEsp::new(at))
+            }
+            Backend::Mtools => {
+                crate::util::run(
+                    std::process::Command::new("mkfs.vfat")
+                        .args(["-F", "32", "-C", "-n", "ESP"])
+                        .arg(at)
+                        .arg("40960"),
+                    "mkfs.vfat",
+                )
+                .unwrap();
+                Box::new(MtoolsEsp::new(at, 0))
+            }
+        }
+    }
+
+    /// A copy of the ESP at `from`, at `to`.
+    fn copy(self, from: &Path, to: &Path) -> Box<dyn EspFs> {
+        match self {
+            Backend::Dir => {
+                std::fs::create_dir(to).unwrap();
+                copy_tree(from, to);
+                Box::new(DirEsp::new(to))
+            }
+            Backend::Mtools => {
+                std::fs::copy(from, to).unwrap();
+                Box::new(MtoolsEsp::new(to, 0))
+            }
+        }
+    }
+}
+
+/// `publish_entries` with its plan changed by `mutate` before it runs: how
+/// the tests show that they would catch a wrong write order.
+fn publish_mutated(
+    entries: &[OstreeEntry],
+    boot: &Path,
+    esp: &dyn EspFs,
+    mutate: &dyn Fn(&mut Plan),
+) -> anyhow::Result<()> {
+    let desired = desired_entries(entries, boot)?;
+    let mut p = plan::plan(&desired, &read_snapshot(esp)?);
+    mutate(&mut p);
+    execute(&p, esp)
+}
+
 fn run(t: &Transition) -> usize {
+    run_with(t, Backend::Dir, &|_| {})
+}
+
+fn run_with(t: &Transition, backend: Backend, mutate: &dyn Fn(&mut Plan)) -> usize {
     let work = tempfile::tempdir().unwrap();
     let boot = work.path().join("boot");
     let kernels: BTreeSet<&str> = t.old.iter().chain(&t.new).map(|d| d.kernel).collect();
@@ -174,20 +242,20 @@ fn run(t: &Transition) -> usize {
         new_links.clone()
     };
 
-    let start = work.path().join("start");
-    std::fs::create_dir(&start).unwrap();
+    let start: PathBuf = work.path().join("start");
+    let start_esp = backend.create(&start);
     if !t.old.is_empty() {
-        publish_entries(&old_entries, &boot, &DirEsp::new(&start)).unwrap();
+        publish_entries(&old_entries, &boot, start_esp.as_ref()).unwrap();
     }
     let mut bad = BTreeSet::new();
     for &(i, suffix) in &t.counters {
         let base = base_of(&old_entries, &boot, i);
-        set_counter(&start, &base, suffix);
+        set_counter(start_esp.as_ref(), &base, suffix);
         if suffix.starts_with("+0") {
             bad.insert(base);
         }
     }
-    let before_names: BTreeSet<String> = read_snapshot(&DirEsp::new(&start))
+    let before_names: BTreeSet<String> = read_snapshot(start_esp.as_ref())
         .unwrap()
         .entries
         .into_iter()
@@ -203,13 +271,11 @@ fn run(t: &Transition) -> usize {
     .collect();
 
     for n in 0.. {
-        let esp_dir = work.path().join(format!("esp-{n}"));
-        std::fs::create_dir(&esp_dir).unwrap();
-        copy_tree(&start, &esp_dir);
-        let esp = DirEsp::new(&esp_dir);
-        let crashing = CrashingEsp::new(&esp, n);
-        let result = publish_entries(&new_entries, &boot, &crashing);
-        let got = booted(&esp, &boot, &links);
+        let esp = backend.copy(&start, &work.path().join(format!("esp-{n}")));
+        let esp = esp.as_ref();
+        let crashing = CrashingEsp::new(esp, n);
+        let result = publish_mutated(&new_entries, &boot, &crashing, mutate);
+        let got = booted(esp, &boot, &links);
         match &got {
             None => assert!(
                 t.old.is_empty(),
@@ -224,20 +290,20 @@ fn run(t: &Transition) -> usize {
         }
         if !crashing.crashed() {
             result.unwrap();
-            check_final(t, &esp, &new_entries, &boot, &links, &before_names, &bad);
+            check_final(t, esp, &new_entries, &boot, &links, &before_names, &bad);
             return n;
         }
         assert!(result.is_err());
         // After the power comes back, a publish completes the job.
-        publish_entries(&new_entries, &boot, &esp).unwrap();
-        check_final(t, &esp, &new_entries, &boot, &links, &before_names, &bad);
+        publish_entries(&new_entries, &boot, esp).unwrap();
+        check_final(t, esp, &new_entries, &boot, &links, &before_names, &bad);
     }
     unreachable!()
 }
 
 fn check_final(
     t: &Transition,
-    esp: &DirEsp,
+    esp: &dyn EspFs,
     new_entries: &[OstreeEntry],
     boot: &Path,
     links: &BTreeMap<String, DeployId>,
@@ -289,129 +355,227 @@ fn check_final(
         .all(|e| e.base.starts_with(ENTRY_PREFIX)));
 }
 
+/// Every transition the crash tests replay, by the name of its test.
+fn transitions() -> Vec<(&'static str, Transition)> {
+    vec![
+        (
+            "first_install",
+            Transition {
+                name: "first install",
+                old: vec![],
+                new: vec![dep('a', 0, "k1", "rw")],
+                new_bootversion: false,
+                counters: vec![],
+            },
+        ),
+        (
+            "upgrade",
+            Transition {
+                name: "upgrade",
+                old: vec![dep('a', 0, "k1", "rw"), dep('z', 0, "k0", "rw")],
+                new: vec![dep('b', 0, "k2", "rw"), dep('a', 0, "k1", "rw")],
+                new_bootversion: true,
+                counters: vec![(0, ""), (1, "")],
+            },
+        ),
+        (
+            "upgrade_same_kernel",
+            Transition {
+                name: "upgrade keeping the kernel",
+                old: vec![dep('a', 0, "k1", "rw"), dep('z', 0, "k1", "rw")],
+                new: vec![dep('b', 0, "k1", "rw"), dep('a', 0, "k1", "rw")],
+                new_bootversion: false,
+                counters: vec![(0, "")],
+            },
+        ),
+        (
+            "rollback",
+            Transition {
+                name: "rollback",
+                old: vec![dep('b', 0, "k2", "rw"), dep('a', 0, "k1", "rw")],
+                new: vec![dep('a', 0, "k1", "rw"), dep('b', 0, "k2", "rw")],
+                new_bootversion: true,
+                counters: vec![(0, "+2-1"), (1, "")],
+            },
+        ),
+        // Same kernel and arguments: libostree only swaps the sub-bootversion, so
+        // the old entries' ostree= paths already lead to the new order.
+        (
+            "rollback_retargeting_bootlinks",
+            Transition {
+                name: "rollback with one kernel",
+                old: vec![dep('b', 0, "k1", "rw"), dep('a', 0, "k1", "rw")],
+                new: vec![dep('a', 0, "k1", "rw"), dep('b', 0, "k1", "rw")],
+                new_bootversion: false,
+                counters: vec![(1, "")],
+            },
+        ),
+        (
+            "kargs_change",
+            Transition {
+                name: "kargs",
+                old: vec![dep('a', 0, "k1", "rw")],
+                new: vec![dep('a', 1, "k1", "rw quiet"), dep('a', 0, "k1", "rw")],
+                new_bootversion: true,
+                counters: vec![(0, "")],
+            },
+        ),
+        (
+            "republish_without_change",
+            Transition {
+                name: "no change",
+                old: vec![dep('b', 0, "k2", "rw"), dep('a', 0, "k1", "rw")],
+                new: vec![dep('b', 0, "k2", "rw"), dep('a', 0, "k1", "rw")],
+                new_bootversion: false,
+                counters: vec![(0, "+1-2")],
+            },
+        ),
+        (
+            "upgrade_after_blessed_boot",
+            Transition {
+                name: "after a blessed boot",
+                old: vec![dep('b', 0, "k2", "rw"), dep('a', 0, "k1", "rw")],
+                new: vec![dep('c', 0, "k3", "rw"), dep('b', 0, "k2", "rw")],
+                new_bootversion: true,
+                counters: vec![(0, ""), (1, "")],
+            },
+        ),
+        (
+            "after_bad_entry_republish",
+            Transition {
+                name: "bad default, republished",
+                old: vec![dep('b', 0, "k2", "rw"), dep('a', 0, "k1", "rw")],
+                new: vec![dep('b', 0, "k2", "rw"), dep('a', 0, "k1", "rw")],
+                new_bootversion: false,
+                counters: vec![(0, "+0-3"), (1, "")],
+            },
+        ),
+        (
+            "after_bad_entry_rollback_made_permanent",
+            Transition {
+                name: "bad default, rolled back",
+                old: vec![dep('b', 0, "k2", "rw"), dep('a', 0, "k1", "rw")],
+                new: vec![dep('a', 0, "k1", "rw"), dep('b', 0, "k2", "rw")],
+                new_bootversion: true,
+                counters: vec![(0, "+0-3"), (1, "")],
+            },
+        ),
+        (
+            "after_bad_entry_upgrade",
+            Transition {
+                name: "bad default, then a fixed upgrade",
+                old: vec![dep('b', 0, "k2", "rw"), dep('a', 0, "k1", "rw")],
+                new: vec![dep('c', 0, "k3", "rw"), dep('a', 0, "k1", "rw")],
+                new_bootversion: true,
+                counters: vec![(0, "+0-3"), (1, "")],
+            },
+        ),
+        (
+            "rollback_with_three_deployments",
+            Transition {
+                name: "rollback, pinned third deployment",
+                old: vec![
+                    dep('c', 0, "k3", "rw"),
+                    dep('b', 0, "k2", "rw"),
+                    dep('a', 0, "k1", "rw"),
+                ],
+                new: vec![
+                    dep('b', 0, "k2", "rw"),
+                    dep('c', 0, "k3", "rw"),
+                    dep('a', 0, "k1", "rw"),
+                ],
+                new_bootversion: true,
+                counters: vec![(0, ""), (2, "")],
+            },
+        ),
+        (
+            "deployment_added_behind_the_default",
+            Transition {
+                name: "deploy not as default",
+                old: vec![dep('a', 0, "k1", "rw")],
+                new: vec![dep('a', 0, "k1", "rw"), dep('b', 0, "k2", "rw")],
+                new_bootversion: true,
+                counters: vec![(0, "")],
+            },
+        ),
+        // A second upgrade before rebooting replaces the pending deployment: the
+        // old default's entry is stale and must outlive the switch.
+        (
+            "upgrade_replacing_an_unbooted_default",
+            Transition {
+                name: "upgrade over a pending deployment",
+                old: vec![dep('b', 0, "k2", "rw"), dep('a', 0, "k1", "rw")],
+                new: vec![dep('c', 0, "k3", "rw"), dep('a', 0, "k1", "rw")],
+                new_bootversion: true,
+                counters: vec![(1, "")],
+            },
+        ),
+    ]
+}
+
+fn transition(name: &str) -> Transition {
+    transitions()
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no transition {name}"))
+        .1
+}
+
 #[test]
 fn first_install() {
-    let n = run(&Transition {
-        name: "first install",
-        old: vec![],
-        new: vec![dep('a', 0, "k1", "rw")],
-        new_bootversion: false,
-        counters: vec![],
-    });
+    let n = run(&transition("first_install"));
     assert!(n >= 5, "mkdirs, two copies, loader.conf, entry: {n}");
 }
 
 #[test]
 fn upgrade() {
-    run(&Transition {
-        name: "upgrade",
-        old: vec![dep('a', 0, "k1", "rw"), dep('z', 0, "k0", "rw")],
-        new: vec![dep('b', 0, "k2", "rw"), dep('a', 0, "k1", "rw")],
-        new_bootversion: true,
-        counters: vec![(0, ""), (1, "")],
-    });
+    run(&transition("upgrade"));
 }
 
 #[test]
 fn upgrade_same_kernel() {
-    run(&Transition {
-        name: "upgrade keeping the kernel",
-        old: vec![dep('a', 0, "k1", "rw"), dep('z', 0, "k1", "rw")],
-        new: vec![dep('b', 0, "k1", "rw"), dep('a', 0, "k1", "rw")],
-        new_bootversion: false,
-        counters: vec![(0, "")],
-    });
+    run(&transition("upgrade_same_kernel"));
 }
 
 #[test]
 fn rollback() {
-    run(&Transition {
-        name: "rollback",
-        old: vec![dep('b', 0, "k2", "rw"), dep('a', 0, "k1", "rw")],
-        new: vec![dep('a', 0, "k1", "rw"), dep('b', 0, "k2", "rw")],
-        new_bootversion: true,
-        counters: vec![(0, "+2-1"), (1, "")],
-    });
+    run(&transition("rollback"));
 }
 
 #[test]
 fn rollback_retargeting_bootlinks() {
-    // Same kernel and arguments: libostree only swaps the sub-bootversion, so
-    // the old entries' ostree= paths already lead to the new order.
-    run(&Transition {
-        name: "rollback with one kernel",
-        old: vec![dep('b', 0, "k1", "rw"), dep('a', 0, "k1", "rw")],
-        new: vec![dep('a', 0, "k1", "rw"), dep('b', 0, "k1", "rw")],
-        new_bootversion: false,
-        counters: vec![(1, "")],
-    });
+    run(&transition("rollback_retargeting_bootlinks"));
 }
 
 #[test]
 fn kargs_change() {
-    run(&Transition {
-        name: "kargs",
-        old: vec![dep('a', 0, "k1", "rw")],
-        new: vec![dep('a', 1, "k1", "rw quiet"), dep('a', 0, "k1", "rw")],
-        new_bootversion: true,
-        counters: vec![(0, "")],
-    });
+    run(&transition("kargs_change"));
 }
 
 #[test]
 fn republish_without_change() {
-    let n = run(&Transition {
-        name: "no change",
-        old: vec![dep('b', 0, "k2", "rw"), dep('a', 0, "k1", "rw")],
-        new: vec![dep('b', 0, "k2", "rw"), dep('a', 0, "k1", "rw")],
-        new_bootversion: false,
-        counters: vec![(0, "+1-2")],
-    });
+    let n = run(&transition("republish_without_change"));
     assert_eq!(n, 0, "nothing to write");
 }
 
 #[test]
 fn upgrade_after_blessed_boot() {
-    run(&Transition {
-        name: "after a blessed boot",
-        old: vec![dep('b', 0, "k2", "rw"), dep('a', 0, "k1", "rw")],
-        new: vec![dep('c', 0, "k3", "rw"), dep('b', 0, "k2", "rw")],
-        new_bootversion: true,
-        counters: vec![(0, ""), (1, "")],
-    });
+    run(&transition("upgrade_after_blessed_boot"));
 }
 
 #[test]
 fn after_bad_entry_republish() {
-    run(&Transition {
-        name: "bad default, republished",
-        old: vec![dep('b', 0, "k2", "rw"), dep('a', 0, "k1", "rw")],
-        new: vec![dep('b', 0, "k2", "rw"), dep('a', 0, "k1", "rw")],
-        new_bootversion: false,
-        counters: vec![(0, "+0-3"), (1, "")],
-    });
+    run(&transition("after_bad_entry_republish"));
 }
 
 #[test]
 fn after_bad_entry_rollback_made_permanent() {
-    run(&Transition {
-        name: "bad default, rolled back",
-        old: vec![dep('b', 0, "k2", "rw"), dep('a', 0, "k1", "rw")],
-        new: vec![dep('a', 0, "k1", "rw"), dep('b', 0, "k2", "rw")],
-        new_bootversion: true,
-        counters: vec![(0, "+0-3"), (1, "")],
-    });
+    run(&transition("after_bad_entry_rollback_made_permanent"));
 }
 
 #[test]
 fn after_bad_entry_upgrade() {
-    run(&Transition {
-        name: "bad default, then a fixed upgrade",
-        old: vec![dep('b', 0, "k2", "rw"), dep('a', 0, "k1", "rw")],
-        new: vec![dep('c', 0, "k3", "rw"), dep('a', 0, "k1", "rw")],
-        new_bootversion: true,
-        counters: vec![(0, "+0-3"), (1, "")],
-    });
+    run(&transition("after_bad_entry_upgrade"));
 }
 
 #[test]
@@ -430,7 +594,7 @@ fn fallback_is_detected() {
     assert!(!super::fell_back(&entries, (&b.0, b.1), &boot, &esp).unwrap());
     // Booted the rollback by hand (menu): not a fallback.
     assert!(!super::fell_back(&entries, (&a.0, a.1), &boot, &esp).unwrap());
-    set_counter(&esp_dir, &base_of(&entries, &boot, 0), "+0-3");
+    set_counter(&esp, &base_of(&entries, &boot, 0), "+0-3");
     assert!(super::fell_back(&entries, (&a.0, a.1), &boot, &esp).unwrap());
     assert_eq!(
         sdboot::default_boot(&esp as &dyn EspFs)
@@ -444,45 +608,17 @@ fn fallback_is_detected() {
 
 #[test]
 fn rollback_with_three_deployments() {
-    run(&Transition {
-        name: "rollback, pinned third deployment",
-        old: vec![
-            dep('c', 0, "k3", "rw"),
-            dep('b', 0, "k2", "rw"),
-            dep('a', 0, "k1", "rw"),
-        ],
-        new: vec![
-            dep('b', 0, "k2", "rw"),
-            dep('c', 0, "k3", "rw"),
-            dep('a', 0, "k1", "rw"),
-        ],
-        new_bootversion: true,
-        counters: vec![(0, ""), (2, "")],
-    });
+    run(&transition("rollback_with_three_deployments"));
 }
 
 #[test]
 fn deployment_added_behind_the_default() {
-    run(&Transition {
-        name: "deploy not as default",
-        old: vec![dep('a', 0, "k1", "rw")],
-        new: vec![dep('a', 0, "k1", "rw"), dep('b', 0, "k2", "rw")],
-        new_bootversion: true,
-        counters: vec![(0, "")],
-    });
+    run(&transition("deployment_added_behind_the_default"));
 }
 
 #[test]
 fn upgrade_replacing_an_unbooted_default() {
-    // A second upgrade before rebooting replaces the pending deployment: the
-    // old default's entry is stale and must outlive the switch.
-    run(&Transition {
-        name: "upgrade over a pending deployment",
-        old: vec![dep('b', 0, "k2", "rw"), dep('a', 0, "k1", "rw")],
-        new: vec![dep('c', 0, "k3", "rw"), dep('a', 0, "k1", "rw")],
-        new_bootversion: true,
-        counters: vec![(1, "")],
-    });
+    run(&transition("upgrade_replacing_an_unbooted_default"));
 }
 
 #[test]
@@ -499,4 +635,70 @@ fn empty_deployment_list_changes_nothing() {
     let err = publish_entries(&[], &boot, &esp).unwrap_err();
     assert!(format!("{err:#}").contains("no deployments"), "{err:#}");
     assert_eq!(read_snapshot(&esp).unwrap(), before);
+}
+
+/// The ESP image that `image build` writes goes through mtools, not a
+/// mounted directory: the same crash replay must hold there.
+#[test]
+fn mtools_back_end_survives_every_crash_point() {
+    for name in [
+        "first_install",
+        "upgrade",
+        "rollback",
+        "after_bad_entry_upgrade",
+    ] {
+        run_with(&transition(name), Backend::Mtools, &|_| {});
+    }
+}
+
+/// A change to a publishing plan.
+type Mutation = dyn Fn(&mut Plan);
+
+/// Moves the operations `pick` selects in front of the others, keeping
+/// their order: a plausible bug in the write order.
+fn hoist(p: &mut Plan, pick: fn(&Op) -> bool) {
+    let (mut first, rest): (Vec<Op>, Vec<Op>) = p.ops.drain(..).partition(pick);
+    first.extend(rest);
+    p.ops = first;
+}
+
+/// Proof that the replay can fail: each plausible wrong write order is
+/// caught by at least one transition.
+#[test]
+fn a_wrong_write_order_is_caught() {
+    let mutations: [(&str, &Mutation); 4] = [
+        ("removals first", &|p| {
+            hoist(p, |o| matches!(o, Op::RemoveFile(_) | Op::RemoveDir(_)))
+        }),
+        ("entries before their kernels", &|p| {
+            hoist(
+                p,
+                |o| matches!(o, Op::Write { dest, .. } if dest.starts_with(ENTRIES_DIR)),
+            )
+        }),
+        ("loader.conf first", &|p| {
+            hoist(
+                p,
+                |o| matches!(o, Op::Write { dest, .. } if dest.ends_with("loader.conf")),
+            )
+        }),
+        ("reversed", &|p| p.ops.reverse()),
+    ];
+    for (what, mutate) in mutations {
+        let caught: Vec<&str> = transitions()
+            .into_iter()
+            .filter(|(_, t)| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    run_with(t, Backend::Dir, mutate)
+                }))
+                .is_err()
+            })
+            .map(|(n, _)| n)
+            .collect();
+        assert!(
+            !caught.is_empty(),
+            "a plan with {what} passed every crash replay"
+        );
+        eprintln!("{what}: caught by {caught:?}");
+    }
 }

@@ -24,6 +24,7 @@ pub mod sdboot;
 mod crash_tests;
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -38,15 +39,82 @@ pub use mtools::MtoolsEsp;
 /// Where a host mounts its ESP (an fstab line written by `hostctl image build`).
 pub const HOST_ESP: &str = "/efi";
 
+/// An ESP to publish onto: a mounted directory, or a FAT filesystem inside
+/// an image file (at a byte offset) written with mtools.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EspTarget {
+    Dir(PathBuf),
+    Image { path: PathBuf, offset: u64 },
+}
+
+impl EspTarget {
+    /// The ESP as the filesystem operations publishing uses.
+    pub fn open(&self) -> Box<dyn EspFs> {
+        match self {
+            EspTarget::Dir(d) => Box::new(DirEsp::new(d)),
+            EspTarget::Image { path, offset } => Box::new(MtoolsEsp::new(path, *offset)),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            EspTarget::Dir(d) => d.display().to_string(),
+            EspTarget::Image { path, offset } => format!("{} at offset {offset}", path.display()),
+        }
+    }
+
+    /// Refuses an ESP that cannot be the real one before anything is
+    /// written: a missing directory or image, or a directory on the same
+    /// filesystem as the sysroot's `/boot` (or the sysroot itself, before
+    /// an install made `/boot`), which is an unmounted mount point; writing
+    /// there would leave the real ESP stale while looking successful.
+    pub fn check(&self, sysroot: &Path) -> Result<()> {
+        match self {
+            EspTarget::Dir(esp) => {
+                let e = std::fs::metadata(esp).with_context(|| {
+                    format!("{}: ESP not found (mounted? see --esp)", esp.display())
+                })?;
+                if !e.is_dir() {
+                    bail!("{}: ESP is not a directory", esp.display());
+                }
+                let boot = sysroot.join("boot");
+                let against = if boot.is_dir() {
+                    boot
+                } else {
+                    sysroot.to_path_buf()
+                };
+                let b = std::fs::metadata(&against)
+                    .with_context(|| format!("stat {}", against.display()))?;
+                if e.dev() == b.dev() {
+                    bail!(
+                        "{} is on the same filesystem as {}: the ESP is not mounted there",
+                        esp.display(),
+                        against.display()
+                    );
+                }
+            }
+            EspTarget::Image { path, .. } => {
+                let m = std::fs::metadata(path)
+                    .with_context(|| format!("{}: ESP image not found", path.display()))?;
+                if !m.is_file() {
+                    bail!("{}: ESP image is not a regular file", path.display());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The ESP of the host whose sysroot is `sysroot`, when that host boots from
-/// entries hostctl published: only the running system (`/`) has its ESP
-/// mounted, and only a mounted ESP with a `loader/` directory has entries.
-pub fn host_esp(sysroot: &Path) -> Option<PathBuf> {
+/// entries hostctl published and no ESP was named (`--esp`, `--esp-image`):
+/// only the running system (`/`) has its ESP mounted, and only a mounted ESP
+/// with a `loader/` directory has entries.
+pub fn host_esp(sysroot: &Path) -> Option<EspTarget> {
     if sysroot != Path::new("/") {
         return None;
     }
     let esp = PathBuf::from(HOST_ESP);
-    esp.join("loader").is_dir().then_some(esp)
+    esp.join("loader").is_dir().then_some(EspTarget::Dir(esp))
 }
 
 /// What a publish did.

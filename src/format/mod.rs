@@ -1,12 +1,14 @@
 //! The repository format: what hostctl writes into a commit and how every
-//! side reads it back. One place for metadata keys, commit readers and
-//! history ([`repo`]), package lists and their diff ([`pkglist`], ordered
-//! by [`debver`]) and the files of a commit ([`dirtree`]).
+//! side reads it back: the metadata keys ([`keys`]), commit readers and
+//! history ([`repo`]), package lists and their diff ([`pkglist`], ordered by
+//! [`debver`]) and the files of a commit ([`dirtree`]).
 //!
 //! Imports only `util`: the build side writes this format, the host side
 //! and images read it.
 
 pub mod debver;
 pub mod dirtree;
+pub mod keys;
 pub mod pkglist;
 pub mod repo;
+pub mod sign;

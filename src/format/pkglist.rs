@@ -11,16 +11,33 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use ostree::{gio, glib};
 
-use crate::build::packages::Package;
 use crate::format::debver;
 
-/// Commit metadata key holding the installed packages, type `a(sss)`
-/// (name, version, architecture).
-pub const METADATA_KEY: &str = "hostctl.packages";
+use crate::format::keys::PACKAGES as METADATA_KEY;
+
+/// One installed Debian package, as dpkg and apt name it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+}
+
+impl Package {
+    /// The architecture to ask apt for: `all` packages are requested with the
+    /// native architecture.
+    pub fn arch_or<'a>(&'a self, native: &'a str) -> &'a str {
+        if self.arch == "all" {
+            native
+        } else {
+            &self.arch
+        }
+    }
+}
 
 #[derive(Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Change {

@@ -69,7 +69,7 @@ fn info_of(checksum: &str, commit: &glib::Variant) -> CommitInfo {
     CommitInfo {
         checksum: checksum.to_string(),
         version: metadata_of(commit)
-            .lookup::<String>("version")
+            .lookup::<String>(super::keys::VERSION)
             .ok()
             .flatten(),
         timestamp: ostree::commit_get_timestamp(commit),
@@ -82,6 +82,47 @@ pub fn commit_info(repo: &ostree::Repo, checksum: &str) -> Result<CommitInfo> {
         .load_commit(checksum)
         .with_context(|| format!("loading commit {checksum}"))?;
     Ok(info_of(checksum, &commit))
+}
+
+/// The content of the regular file at `path` in the tree of commit
+/// `checksum`, `None` when the tree has no regular file there. Read through
+/// the content object: `g_file_load_contents` on a commit's file makes GLib
+/// print a critical (libostree's stream is not a file stream).
+pub fn read_commit_file(
+    repo: &ostree::Repo,
+    checksum: &str,
+    path: &str,
+) -> Result<Option<Vec<u8>>> {
+    use gio::prelude::*;
+    use std::io::Read;
+    let (root, _) = repo
+        .read_commit(checksum, gio::Cancellable::NONE)
+        .with_context(|| format!("reading commit {checksum}"))?;
+    let file = root.resolve_relative_path(path.trim_start_matches('/'));
+    if file.query_file_type(
+        gio::FileQueryInfoFlags::NOFOLLOW_SYMLINKS,
+        gio::Cancellable::NONE,
+    ) != gio::FileType::Regular
+    {
+        return Ok(None);
+    }
+    let file = file
+        .downcast::<ostree::RepoFile>()
+        .map_err(|_| anyhow::anyhow!("{path} of {checksum} is not in the repository"))?;
+    file.ensure_resolved()
+        .with_context(|| format!("reading {path} of {checksum}"))?;
+    let (stream, _, _) = repo
+        .load_file(&file.checksum(), gio::Cancellable::NONE)
+        .with_context(|| format!("reading {path} of {checksum}"))?;
+    let Some(stream) = stream else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::new();
+    stream
+        .into_read()
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {path} of {checksum}"))?;
+    Ok(Some(bytes))
 }
 
 /// The history of a ref from `head` back to its first commit, newest first,

@@ -216,8 +216,10 @@ fn parse_deploy_name(name: &str) -> Option<(&str, i32)> {
     Some((csum, serial.parse().ok()?))
 }
 
-/// Write a new deployment list and, on a host that boots from hostctl's ESP
-/// entries, publish them before anything is cleaned up: libostree's
+/// Write a new deployment list and, when the host has an ESP to publish to
+/// (`Host::esp`: the one named with `--esp`/`--esp-image`, else the running
+/// host's `/efi` when it holds hostctl's entries), publish them before
+/// anything is cleaned up: libostree's
 /// post-clean removes the bootlinks (`ostree=/ostree/boot.N/...`) that the
 /// ESP's current entries still name, so cleaning first would leave the ESP
 /// pointing at nothing until the publish finished (docs/boot.md).
@@ -231,9 +233,9 @@ pub fn write_and_publish(host: &Host, list: &[ostree::Deployment]) -> Result<()>
             gio::Cancellable::NONE,
         )
         .with_context(|| format!("writing the deployment list of {}", host.path.display()))?;
-    if let Some(esp) = bootloader::host_esp(&host.path) {
-        bootloader::publish(&host.path, &bootloader::DirEsp::new(&esp))
-            .with_context(|| format!("publishing boot entries onto {}", esp.display()))?;
+    if let Some(esp) = &host.esp {
+        bootloader::publish(&host.path, &*esp.open())
+            .with_context(|| format!("publishing boot entries onto {}", esp.describe()))?;
     }
     host.sysroot
         .cleanup(gio::Cancellable::NONE)

@@ -231,8 +231,12 @@ fn explain_pull_error(e: glib::Error) -> anyhow::Error {
 }
 
 /// Pull exactly `checksum` of `refspec` into the sysroot repository, through
-/// the configured remote (and whatever verification it is set up with).
-pub fn pull_into_sysroot(repo: &ostree::Repo, refspec: &Refspec, checksum: &str) -> Result<()> {
+/// the configured remote, once its signature checks out against the
+/// remote's keys: `probe` already holds the commit object and its
+/// signatures, and a pull by checksum can only bring that commit's objects,
+/// each verified by libostree.
+pub fn pull_into_sysroot(repo: &ostree::Repo, probe: &Probe, checksum: &str) -> Result<()> {
+    let refspec = &probe.refspec;
     let Some(remote) = refspec.remote.as_deref() else {
         return Ok(());
     };
@@ -243,6 +247,15 @@ pub fn pull_into_sysroot(repo: &ostree::Repo, refspec: &Refspec, checksum: &str)
         if !state.contains(ostree::RepoCommitState::PARTIAL) {
             return Ok(());
         }
+    }
+    if let Some(key) = crate::host::trust::verify_before_pull(
+        repo,
+        &probe.repo,
+        remote,
+        &refspec.branch,
+        checksum,
+    )? {
+        println!("Commit {checksum} is signed by key {}.", key.to_base64());
     }
     println!("Pulling {checksum} from {remote}:{}...", refspec.branch);
     repo.pull_with_options(

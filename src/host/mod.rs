@@ -5,9 +5,9 @@
 //! own and call the mechanisms: [`sysroot`] (open and lock), [`fetch`]
 //! (verified pulls), [`plan`] and [`roles`] (pure decisions), [`deploy`]
 //! (write a deployment list and publish boot entries), [`kargs`],
-//! [`origin`], [`status`].
+//! [`origin`], [`status`], [`trust`] (which commits a remote may bring).
 //!
-//! May import `bootloader`, `format` and `util`; never `build` or `image`.
+//! May import `bootloader`, `format` and `util`; never `compose` or `image`.
 
 pub mod deploy;
 pub mod fetch;
@@ -17,4 +17,5 @@ pub mod plan;
 pub mod roles;
 pub mod status;
 pub mod sysroot;
+pub mod trust;
 pub mod verbs;

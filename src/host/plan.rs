@@ -139,6 +139,24 @@ pub fn cleanup_removals(roles: &Roles, pending: bool, rollback: bool) -> Vec<usi
     out
 }
 
+/// Whether the deployment at `index` may be pinned or unpinned: it must
+/// exist, and must not be staged (a staged deployment is not written yet;
+/// it can be pinned once finalization has made it a deployment).
+pub fn pin_check(roles: &Roles, index: usize) -> Result<(), String> {
+    if index >= roles.len() {
+        return Err(format!(
+            "no deployment with index {index} ({} deployments)",
+            roles.len()
+        ));
+    }
+    if roles.is_staged(index) {
+        return Err(format!(
+            "deployment {index} is staged; it can be pinned once it is finalized"
+        ));
+    }
+    Ok(())
+}
+
 /// A deployment named by its index or a unique checksum prefix.
 pub fn find_deployment(checksums: &[String], arg: &str) -> Result<usize, String> {
     if let Ok(i) = arg.parse::<usize>() {
@@ -286,6 +304,22 @@ mod tests {
             rollback_order(&Roles::new(vec![slot(true, false, false)])),
             Err(RollbackError::NoRollback)
         );
+    }
+
+    #[test]
+    fn a_staged_deployment_cannot_be_pinned() {
+        let s = vec![
+            slot(false, true, false),
+            slot(true, false, false),
+            slot(false, false, false),
+        ];
+        let roles = Roles::new(s);
+        let e = pin_check(&roles, 0).expect_err("pinning the staged deployment 0 was allowed");
+        assert!(e.contains("staged"), "{e}");
+        assert_eq!(pin_check(&roles, 1), Ok(()), "the booted deployment");
+        assert_eq!(pin_check(&roles, 2), Ok(()), "the rollback deployment");
+        let e = pin_check(&roles, 3).expect_err("index 3 of 3 deployments was allowed");
+        assert!(e.contains("index 3"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use ostree::gio;
 
+use crate::bootloader::{self, EspTarget};
 use crate::host::roles::{Roles, Slot};
 use crate::host::status::{self, DeploymentInfo};
 
@@ -14,6 +15,11 @@ pub struct Host {
     pub path: PathBuf,
     pub osname: String,
     pub booted: bool,
+    /// Where [`crate::host::deploy::write_and_publish`] publishes boot
+    /// entries: the running host's `/efi` when it holds hostctl's entries
+    /// ([`bootloader::host_esp`]), else nowhere, unless the command names
+    /// one ([`Host::use_esp`]).
+    pub esp: Option<EspTarget>,
     locked: bool,
 }
 
@@ -114,18 +120,19 @@ fn open_inner(
         sysroot
             .initialize()
             .with_context(|| format!("initializing sysroot {}", path.display()))?;
-        let got = sysroot
-            .try_lock()
-            .with_context(|| format!("locking sysroot {}", path.display()))?;
-        if !got {
-            eprintln!(
-                "Waiting for another operation on sysroot {} to finish...",
-                path.display()
-            );
-            sysroot
-                .lock()
-                .with_context(|| format!("locking sysroot {}", path.display()))?;
-        }
+        crate::util::lock_or_wait(
+            &format!("another operation on sysroot {}", path.display()),
+            || {
+                sysroot
+                    .try_lock()
+                    .with_context(|| format!("locking sysroot {}", path.display()))
+            },
+            || {
+                sysroot
+                    .lock()
+                    .with_context(|| format!("locking sysroot {}", path.display()))
+            },
+        )?;
         locked = true;
     }
     let mut host = Host {
@@ -133,6 +140,7 @@ fn open_inner(
         path: path.to_path_buf(),
         osname: String::new(),
         booted: false,
+        esp: bootloader::host_esp(path),
         locked,
     };
     host.sysroot
@@ -221,6 +229,17 @@ pub fn handle(d: &ostree::Deployment) -> ostree::Deployment {
 }
 
 impl Host {
+    /// Publish onto `esp` (when named) instead of the default ESP, after
+    /// checking that it can be the real one (exists; a directory is a mount
+    /// of its own), so that a wrong path fails before anything changes.
+    pub fn use_esp(&mut self, esp: Option<&EspTarget>) -> Result<()> {
+        if let Some(esp) = esp {
+            esp.check(&self.path)?;
+            self.esp = Some(esp.clone());
+        }
+        Ok(())
+    }
+
     pub fn repo(&self) -> ostree::Repo {
         self.sysroot.repo()
     }

@@ -9,7 +9,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use ostree::gio;
 
-use crate::bootloader;
+use crate::bootloader::{self, EspTarget};
 use crate::format::dirtree::{diff_files, usr_files};
 use crate::format::pkglist;
 use crate::format::repo::{commit_info, CommitInfo};
@@ -19,6 +19,7 @@ use crate::host::origin::Refspec;
 use crate::host::plan::{self, Decision};
 use crate::host::status;
 use crate::host::sysroot::{self, Host};
+use crate::host::trust;
 use crate::Outcome;
 
 use super::deploy::{
@@ -33,6 +34,11 @@ pub struct InstallOptions {
     pub refspec: String,
     pub remote: String,
     pub kargs: Vec<String>,
+    /// Files of ed25519 public keys; every commit from the remote must be
+    /// signed by one of them.
+    pub verify_keys: Vec<PathBuf>,
+    /// Accept an http(s) remote without keys.
+    pub allow_unsigned: bool,
 }
 
 /// What `hostctl status` is asked to do (docs/cli.md describes each option).
@@ -100,15 +106,27 @@ pub struct DbDiffOptions {
 }
 
 /// What the boot-time fallback check is asked to do (docs/cli.md describes each option).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct BootCheckOptions {
-    pub esp: PathBuf,
+    pub esp: EspTarget,
 }
 
-/// Which sysroot and stateroot a verb acts on (the global options).
+/// Which sysroot and stateroot a verb acts on, and the ESP it publishes
+/// boot entries to when it writes a deployment list (the global options).
 pub struct Target<'a> {
     pub sysroot: &'a Path,
     pub stateroot: Option<&'a str>,
+    /// `None`: the running host's `/efi` when it holds hostctl's entries,
+    /// else nowhere ([`bootloader::host_esp`]).
+    pub esp: Option<&'a EspTarget>,
+}
+
+/// Open `t`'s sysroot to change it: locked, and publishing to the ESP the
+/// command names (checked before anything changes).
+fn open_to_change(t: &Target) -> Result<Host> {
+    let mut host = sysroot::open(t.sysroot, t.stateroot, true)?;
+    host.use_esp(t.esp)?;
+    Ok(host)
 }
 
 const DEFAULT_STATEROOT: &str = "debian";
@@ -143,6 +161,9 @@ pub fn install(t: &Target, args: &InstallOptions) -> Result<Outcome> {
     kargs::validate_all(&args.kargs).context("--karg")?;
     let path = t.sysroot;
     sysroot::require_own_filesystem(path)?;
+    if let Some(esp) = t.esp {
+        esp.check(path)?;
+    }
     let before = top_level_entries(path)?;
     let result = install_inner(t, args);
     if result.is_err() {
@@ -173,6 +194,8 @@ fn top_level_entries(path: &Path) -> Result<Vec<std::ffi::OsString>> {
 
 fn install_inner(t: &Target, args: &InstallOptions) -> Result<Outcome> {
     let path = t.sysroot;
+    let keys = trust::read_key_files(&args.verify_keys)?;
+    trust::check_policy(&args.repo, !keys.is_empty(), args.allow_unsigned)?;
     let osname = t.stateroot.unwrap_or(DEFAULT_STATEROOT);
     if path
         .join("ostree/deploy")
@@ -209,6 +232,9 @@ fn install_inner(t: &Target, args: &InstallOptions) -> Result<Outcome> {
     let group = format!("remote \"{}\"", args.remote);
     config.set_string(&group, "url", &args.repo);
     config.set_boolean(&group, "gpg-verify", false);
+    if !keys.is_empty() {
+        trust::set_remote_keys(&config, &args.remote, &keys);
+    }
     repo.write_config(&config)
         .with_context(|| format!("writing {}/ostree/repo/config", path.display()))?;
     sysroot
@@ -216,10 +242,11 @@ fn install_inner(t: &Target, args: &InstallOptions) -> Result<Outcome> {
         .with_context(|| format!("creating stateroot {osname} in {}", path.display()))?;
     drop(sysroot);
 
-    let host = sysroot::open(path, Some(osname), true)?;
+    let mut host = sysroot::open(path, Some(osname), true)?;
+    host.use_esp(t.esp)?;
     let probe = fetch::probe(&host.repo(), &path.join("ostree/repo"), &refspec, 1, false)?;
     let head = probe.head_info()?;
-    fetch::pull_into_sysroot(&host.repo(), &refspec, &head.checksum)?;
+    fetch::pull_into_sysroot(&host.repo(), &probe, &head.checksum)?;
     let kargs = (!args.kargs.is_empty()).then_some(args.kargs.as_slice());
     deploy_commit(&host, &head.checksum, &origin_for(&refspec), None, kargs)?;
     println!(
@@ -279,7 +306,7 @@ fn switch_to(
 }
 
 pub fn upgrade(t: &Target, args: &UpgradeOptions) -> Result<Outcome> {
-    let host = sysroot::open(t.sysroot, t.stateroot, true)?;
+    let host = open_to_change(t)?;
     let current_dep = default_deployment(&host)?;
     let refspec = deployment_refspec(&current_dep)?;
     let repo = host.repo();
@@ -306,7 +333,7 @@ pub fn upgrade(t: &Target, args: &UpgradeOptions) -> Result<Outcome> {
     if args.check || args.preview {
         return Ok(Outcome::Done);
     }
-    fetch::pull_into_sysroot(&repo, &refspec, &head.checksum)?;
+    fetch::pull_into_sysroot(&repo, &probe, &head.checksum)?;
     if args.download_only {
         println!(
             "Downloaded {}; not deployed (--download-only).",
@@ -350,7 +377,7 @@ fn print_preview(
 }
 
 pub fn deploy(t: &Target, args: &DeployOptions) -> Result<Outcome> {
-    let host = sysroot::open(t.sysroot, t.stateroot, true)?;
+    let host = open_to_change(t)?;
     let current_dep = default_deployment(&host)?;
     let refspec = deployment_refspec(&current_dep)?;
     let repo = host.repo();
@@ -360,7 +387,7 @@ pub fn deploy(t: &Target, args: &DeployOptions) -> Result<Outcome> {
     if let Some(outcome) = switch_to(&host, &refspec, &target, args.allow_downgrade, false)? {
         return Ok(outcome);
     }
-    fetch::pull_into_sysroot(&repo, &refspec, &target.checksum)?;
+    fetch::pull_into_sysroot(&repo, &probe, &target.checksum)?;
     deploy_keeping_origin(&host, &current_dep, &target.checksum, args.reboot)
 }
 
@@ -379,14 +406,14 @@ fn deploy_keeping_origin(
 }
 
 pub fn rebase(t: &Target, args: &RebaseOptions) -> Result<Outcome> {
-    let host = sysroot::open(t.sysroot, t.stateroot, true)?;
+    let host = open_to_change(t)?;
     let current_dep = default_deployment(&host)?;
     let current_ref = deployment_refspec(&current_dep)?;
     let refspec = Refspec::parse(&args.target)?.with_default_remote(current_ref.remote.as_deref());
     let repo = host.repo();
     let probe = fetch::probe(&repo, &host.path.join("ostree/repo"), &refspec, 1, false)?;
     let head = probe.head_info()?;
-    fetch::pull_into_sysroot(&repo, &refspec, &head.checksum)?;
+    fetch::pull_into_sysroot(&repo, &probe, &head.checksum)?;
     let origin = copy_origin(&current_dep)?;
     origin.set_string("origin", "refspec", &refspec.to_string());
     let merge = host.merge_deployment();
@@ -400,7 +427,7 @@ pub fn rebase(t: &Target, args: &RebaseOptions) -> Result<Outcome> {
 }
 
 pub fn rollback(t: &Target) -> Result<Outcome> {
-    let host = sysroot::open(t.sysroot, t.stateroot, true)?;
+    let host = open_to_change(t)?;
     let deps = host.deployments();
     let order = plan::rollback_order(&host.roles())
         .with_context(|| format!("rolling back {}", host.path.display()))?;
@@ -424,7 +451,10 @@ fn kargs_edits(args: &KargsOptions) -> Vec<Edit> {
 
 pub fn kargs(t: &Target, args: &KargsOptions) -> Result<Outcome> {
     let edits = kargs_edits(args);
-    let host = sysroot::open(t.sysroot, t.stateroot, !edits.is_empty())?;
+    let mut host = sysroot::open(t.sysroot, t.stateroot, !edits.is_empty())?;
+    if !edits.is_empty() {
+        host.use_esp(t.esp)?;
+    }
     let default = default_deployment(&host)?;
     let current = kargs::strip_ostree_managed(&sysroot::deployment_kargs(&default));
     if edits.is_empty() {
@@ -451,19 +481,8 @@ pub fn kargs(t: &Target, args: &KargsOptions) -> Result<Outcome> {
 pub fn pin(t: &Target, args: &PinOptions) -> Result<Outcome> {
     let host = sysroot::open(t.sysroot, t.stateroot, true)?;
     let deps = host.deployments();
-    let d = deps.get(args.index).with_context(|| {
-        format!(
-            "no deployment with index {} ({} deployments)",
-            args.index,
-            deps.len()
-        )
-    })?;
-    if d.is_staged() {
-        bail!(
-            "deployment {} is staged; it can be pinned once it is finalized",
-            args.index
-        );
-    }
+    plan::pin_check(&host.roles(), args.index).map_err(anyhow::Error::msg)?;
+    let d = &deps[args.index];
     host.sysroot
         .deployment_set_pinned(d, !args.unpin)
         .with_context(|| format!("changing the pin of deployment {}", args.index))?;
@@ -477,7 +496,7 @@ pub fn pin(t: &Target, args: &PinOptions) -> Result<Outcome> {
 }
 
 pub fn cleanup(t: &Target, args: &CleanupOptions) -> Result<Outcome> {
-    let host = sysroot::open(t.sysroot, t.stateroot, true)?;
+    let host = open_to_change(t)?;
     let deps = host.deployments();
     let roles = host.roles();
     let remove = plan::cleanup_removals(&roles, args.pending, args.rollback);
@@ -545,7 +564,10 @@ const FALLBACK_NOTE: &str = "/var/lib/hostctl/fallback";
 /// bad on the ESP), make the booted deployment the default for good, so the
 /// broken one is not tried again, and record it.
 pub fn boot_check(t: &Target, args: &BootCheckOptions) -> Result<Outcome> {
-    let host = sysroot::open(t.sysroot, t.stateroot, true)?;
+    let mut host = sysroot::open(t.sysroot, t.stateroot, true)?;
+    // Not checked like `--esp` of other commands: an ESP that is not
+    // mounted shows no bad entry, so nothing is published to it.
+    host.esp = Some(args.esp.clone());
     if !host.booted {
         println!(
             "{} is not the booted system; nothing to check.",
@@ -559,14 +581,14 @@ pub fn boot_check(t: &Target, args: &BootCheckOptions) -> Result<Outcome> {
     };
     let booted = &deps[bi];
     let entries = bootloader::bls::read_sysroot_entries(&host.path)?;
-    let esp = bootloader::DirEsp::new(&args.esp);
+    let esp = args.esp.open();
     let serial = u32::try_from(booted.deployserial()).context("deployment serial")?;
     if bi == 0
         || !bootloader::fell_back(
             &entries,
             (booted.csum().as_str(), serial),
             &host.path.join("boot"),
-            &esp,
+            &*esp,
         )?
     {
         return Ok(Outcome::Unchanged { exit_77: false });

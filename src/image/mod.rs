@@ -16,6 +16,9 @@ use anyhow::{Context, Result};
 use ostree::{gio, glib};
 
 use crate::bootloader::{self, MtoolsEsp};
+use crate::format::keys::REMOTE_ED25519_KEYS;
+use crate::format::sign::PublicKey;
+use crate::host::trust;
 use crate::host::verbs::{self as verbs, Target};
 use crate::Outcome;
 
@@ -28,6 +31,10 @@ pub struct ImageOptions {
     pub size: String,
     pub kargs: Vec<String>,
     pub remote_url: Option<String>,
+    /// Public key files the image's host verifies every commit against.
+    pub verify_keys: Vec<PathBuf>,
+    /// Accept an http(s) remote URL without keys.
+    pub allow_unsigned: bool,
 }
 
 /// systemd-boot, from Debian's `systemd-boot-efi`.
@@ -36,6 +43,10 @@ pub const SYSTEMD_BOOT_EFI: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.ef
 pub const REMOTE: &str = "origin";
 
 pub fn build(stateroot: Option<&str>, args: &ImageOptions) -> Result<Outcome> {
+    let keys = trust::read_key_files(&args.verify_keys)?;
+    if let Some(url) = &args.remote_url {
+        trust::check_policy(url, !keys.is_empty(), args.allow_unsigned)?;
+    }
     let size = layout::parse_size(&args.size)?;
     let l = layout::plan(size)?;
     let repo_path = std::path::absolute(&args.repo)
@@ -87,16 +98,19 @@ pub fn build(stateroot: Option<&str>, args: &ImageOptions) -> Result<Outcome> {
         &Target {
             sysroot: &mnt.dir,
             stateroot,
+            esp: None,
         },
         &verbs::InstallOptions {
             repo: format!("file://{}", repo_path.display()),
             refspec: args.refspec.clone(),
             remote: REMOTE.to_string(),
             kargs,
+            verify_keys: args.verify_keys.clone(),
+            allow_unsigned: args.allow_unsigned,
         },
     )?;
     if let Some(url) = &args.remote_url {
-        point_remote_at(&mnt.dir, url)?;
+        point_remote_at(&mnt.dir, url, &keys)?;
     }
 
     step(4, "Making the EFI system partition with systemd-boot");
@@ -173,10 +187,13 @@ fn add_esp_to_fstab(deployment: &Path, volid: &str) -> Result<()> {
 
 /// The image was installed from the build repository; its host pulls
 /// updates from `url`.
-fn point_remote_at(sysroot: &Path, url: &str) -> Result<()> {
+fn point_remote_at(sysroot: &Path, url: &str, keys: &[PublicKey]) -> Result<()> {
     let repo = crate::format::repo::open(&sysroot.join("ostree/repo"))?;
     let opts = glib::VariantDict::new(None);
     opts.insert("gpg-verify", false);
+    if !keys.is_empty() {
+        opts.insert(REMOTE_ED25519_KEYS, trust::encode_keys(keys));
+    }
     repo.remote_change(
         None::<&gio::File>,
         ostree::RepoRemoteChange::Replace,

@@ -232,6 +232,18 @@ impl BuildRepo {
         checksum
     }
 
+    /// Add a signature by `secret` (a `hostctl key generate` file) to `rev`.
+    pub fn sign(&self, rev: &str, secret: &Path) {
+        ok(hostctl_run(&[
+            "sign",
+            "--repo",
+            self.path.to_str().unwrap(),
+            "--key",
+            secret.to_str().unwrap(),
+            rev,
+        ]));
+    }
+
     /// Commit with the ostree CLI instead, for metadata compose from local
     /// inputs cannot write (a package list, `a(sss)`). `files` must already
     /// be in the deployable layout (`usr/etc`).
@@ -282,6 +294,21 @@ pub fn hostctl_bin() -> &'static str {
 /// A hostctl command with no sysroot argument (compose, db, image...).
 pub fn hostctl_cmd() -> Command {
     Command::new(hostctl_bin())
+}
+
+/// A new key pair from `hostctl key generate` in `dir`: (secret, public).
+pub fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let prefix = dir.join(name);
+    ok(hostctl_run(&[
+        "key",
+        "generate",
+        "--output",
+        prefix.to_str().unwrap(),
+    ]));
+    (
+        dir.join(format!("{name}.secret")),
+        dir.join(format!("{name}.pub")),
+    )
 }
 
 /// Run hostctl with these arguments and no sysroot argument.
@@ -541,4 +568,209 @@ impl Fixture {
     pub fn default_dir(&self) -> PathBuf {
         deployment_dir(self.sysroot(), &self.admin_status()[0])
     }
+}
+
+/// What the ESP's default entry boots, as systemd-boot would choose it (the
+/// sdboot model), resolved through its `ostree=` bootlink in `sysroot`.
+#[derive(Debug)]
+pub struct EspDefault {
+    pub checksum: String,
+    pub serial: u32,
+    pub file_name: String,
+    /// The entry's kernel arguments without libostree's `ostree=` and
+    /// hostctl's `hostctl.deploy=`.
+    pub kargs: Vec<String>,
+    /// The `hostctl.deploy=` argument (OS/CHECKSUM.SERIAL).
+    pub deploy_arg: Option<String>,
+}
+
+pub fn esp_default(sysroot: &Path, esp: &dyn hostctl::bootloader::Esp) -> EspDefault {
+    use hostctl::bootloader::{bls, sdboot};
+    let chosen = sdboot::default_boot(esp)
+        .unwrap_or_else(|e| panic!("reading {}: {e:#}", esp.describe()))
+        .unwrap_or_else(|| panic!("{} has no entry systemd-boot would boot", esp.describe()));
+    assert!(
+        chosen.missing.is_empty(),
+        "{}: default entry {} names missing files {:?}",
+        esp.describe(),
+        chosen.entry.file_name,
+        chosen.missing
+    );
+    let options = &chosen.entry.options;
+    let karg = bls::ostree_karg(options).unwrap_or_else(|| {
+        panic!(
+            "{}: default entry {} has no ostree= argument: {options}",
+            esp.describe(),
+            chosen.entry.file_name
+        )
+    });
+    let link = sysroot.join(karg.trim_start_matches('/'));
+    let target = fs::read_link(&link).unwrap_or_else(|e| {
+        panic!(
+            "{}: default entry {} names bootlink {karg}, which is not a link in {} ({e}): the ESP was not republished",
+            esp.describe(),
+            chosen.entry.file_name,
+            sysroot.display()
+        )
+    });
+    let (_, checksum, serial) = bls::parse_deploy_target(&target.to_string_lossy())
+        .unwrap_or_else(|| panic!("bootlink {karg} -> {} is no deployment", target.display()));
+    let words = options.split_whitespace();
+    EspDefault {
+        checksum,
+        serial,
+        file_name: chosen.entry.file_name.clone(),
+        kargs: words
+            .clone()
+            .filter(|a| !a.starts_with("ostree=") && !a.starts_with("hostctl.deploy="))
+            .map(str::to_string)
+            .collect(),
+        deploy_arg: words
+            .clone()
+            .find_map(|a| a.strip_prefix("hostctl.deploy="))
+            .map(str::to_string),
+    }
+}
+
+/// Names of hostctl's entry files on an ESP.
+pub fn esp_entry_names(esp: &dyn hostctl::bootloader::Esp) -> Vec<String> {
+    esp.list_dir("loader/entries")
+        .unwrap_or_else(|e| panic!("listing {}: {e:#}", esp.describe()))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| !d.is_dir && d.name.starts_with("hostctl-") && d.name.ends_with(".conf"))
+        .map(|d| d.name)
+        .collect()
+}
+
+/// The ESP boots what `ostree admin status` says boots next, with the kernel
+/// arguments of libostree's own entry for it, and holds one hostctl entry
+/// per deployment. `after` names the command, for the failure message.
+pub fn assert_esp_boots_default(
+    sysroot: &Path,
+    esp: &dyn hostctl::bootloader::Esp,
+    after: &str,
+) -> EspDefault {
+    let got = esp_default(sysroot, esp);
+    let status = ostree_admin_status(sysroot);
+    let want = &status[0];
+    assert_eq!(
+        (got.checksum.as_str(), i64::from(got.serial)),
+        (want.checksum.as_str(), want.serial),
+        "after `{after}`: the ESP's default entry {} boots deployment {}.{}, but `ostree admin status` has {}.{} as the default",
+        got.file_name,
+        got.checksum,
+        got.serial,
+        want.checksum,
+        want.serial
+    );
+    assert_eq!(
+        got.deploy_arg,
+        Some(format!("{}/{}.{}", want.osname, want.checksum, want.serial)),
+        "after `{after}`: hostctl.deploy= of ESP entry {} names another deployment than the default",
+        got.file_name
+    );
+    let bls = bls_entries(sysroot);
+    let want_kargs: Vec<String> = bls[0]["options"]
+        .split_whitespace()
+        .filter(|a| !a.starts_with("ostree="))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        got.kargs, want_kargs,
+        "after `{after}`: kernel arguments of ESP entry {} differ from libostree's entry for the default deployment",
+        got.file_name
+    );
+    let names = esp_entry_names(esp);
+    assert_eq!(
+        names.len(),
+        status.len(),
+        "after `{after}`: {} hostctl entries on the ESP ({names:?}) for {} deployments",
+        names.len(),
+        status.len()
+    );
+    got
+}
+
+/// Every path under an ESP directory with its type, size, content hash and
+/// modification time (directories too: a file created and removed again
+/// changes its directory's mtime), for "nothing was written" checks.
+pub fn esp_snapshot(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
+        let entry = entry.unwrap();
+        let rel = entry
+            .path()
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let md = entry.path().symlink_metadata().unwrap();
+        let content = if md.is_file() {
+            hex::encode(Sha256::digest(fs::read(entry.path()).unwrap()))
+        } else {
+            "-".to_string()
+        };
+        out.insert(
+            rel,
+            format!(
+                "{} size={} sha256={content} mtime={}.{:09}",
+                if md.is_dir() { "dir" } else { "file" },
+                md.len(),
+                md.mtime(),
+                md.mtime_nsec()
+            ),
+        );
+    }
+    out
+}
+
+/// One partition of a disk image's GPT as `sfdisk --json` reads it (not
+/// hostctl's own layout code): byte offset and size, type GUID, name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GptPartition {
+    pub offset: u64,
+    pub size: u64,
+    pub type_guid: String,
+    pub name: String,
+}
+
+/// The partitions of `image`, in table order, read by `sfdisk --json`.
+pub fn gpt_partitions(image: &Path) -> Vec<GptPartition> {
+    let out = sh(Command::new("sfdisk").arg("--json").arg(image));
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("sfdisk --json: {e}: {out}"));
+    let table = &v["partitiontable"];
+    assert_eq!(table["label"], "gpt", "{out}");
+    assert_eq!(table["unit"], "sectors", "{out}");
+    let sector = table["sectorsize"].as_u64().unwrap_or(512);
+    table["partitions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no partitions: {out}"))
+        .iter()
+        .map(|p| GptPartition {
+            offset: p["start"].as_u64().unwrap() * sector,
+            size: p["size"].as_u64().unwrap() * sector,
+            type_guid: p["type"].as_str().unwrap().to_ascii_uppercase(),
+            name: p["name"].as_str().unwrap_or("").to_string(),
+        })
+        .collect()
+}
+
+/// The Discoverable Partitions root type for x86-64, as the specification
+/// spells it (written out here, not taken from hostctl).
+pub const DPS_ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+/// The EFI system partition type GUID (UEFI specification).
+pub const ESP_GUID: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+
+/// The image's root partition: the one partition of the Discoverable
+/// Partitions root type, found through `sfdisk --json`.
+pub fn root_partition(image: &Path) -> GptPartition {
+    let parts = gpt_partitions(image);
+    let roots: Vec<&GptPartition> = parts
+        .iter()
+        .filter(|p| p.type_guid == DPS_ROOT_X86_64)
+        .collect();
+    assert_eq!(roots.len(), 1, "one root partition in {parts:?}");
+    roots[0].clone()
 }

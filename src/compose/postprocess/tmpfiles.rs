@@ -63,9 +63,11 @@ pub fn parse_id_file(text: &str) -> HashMap<u32, String> {
         .collect()
 }
 
-/// Quote a path for tmpfiles.d when it holds whitespace, quotes or backslashes
-/// (tmpfiles.d unquotes and C-unescapes each field).
+/// The path field of a tmpfiles.d line: quoted when it holds whitespace,
+/// quotes or backslashes (systemd-tmpfiles unquotes and C-unescapes it), `%`
+/// doubled (it expands specifiers such as `%m`).
 fn quote(p: &str) -> String {
+    let p = p.replace('%', "%%");
     if p.chars()
         .any(|c| c.is_whitespace() || c == '"' || c == '\'' || c == '\\')
     {
@@ -82,8 +84,30 @@ fn quote(p: &str) -> String {
         s.push('"');
         s
     } else {
-        p.to_string()
+        p
     }
+}
+
+/// The argument field (the rest of the line): systemd-tmpfiles does not
+/// unquote it, but C-unescapes it and expands specifiers. So backslashes,
+/// whitespace and control characters are escaped, `%` doubled, and a lone
+/// `-` (which would mean "no argument") escaped.
+fn argument(a: &str) -> String {
+    if a == "-" {
+        return "\\x2d".to_string();
+    }
+    let mut s = String::new();
+    for c in a.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '%' => s.push_str("%%"),
+            c if c.is_ascii_whitespace() || c.is_ascii_control() => {
+                let _ = write!(s, "\\x{:02x}", c as u32);
+            }
+            c => s.push(c),
+        }
+    }
+    s
 }
 
 /// Render entries as tmpfiles.d lines, parents before children.
@@ -112,13 +136,13 @@ pub fn render(entries: &[VarEntry], ids: &Ids) -> String {
                 name(&ids.groups, *gid)
             ),
             VarEntry::Symlink { path, target } => {
-                writeln!(out, "L {} - - - - {}", quote(path), quote(target))
+                writeln!(out, "L {} - - - - {}", quote(path), argument(target))
             }
             VarEntry::File { path } => writeln!(
                 out,
                 "C {} - - - - {}",
                 quote(path),
-                quote(&format!(
+                argument(&format!(
                     "/{FACTORY_VAR}{}",
                     path.strip_prefix("/var").unwrap_or(path)
                 ))
@@ -187,6 +211,24 @@ mod tests {
             path: "/var/a b".into(),
             target: "x\"y".into(),
         }];
-        assert!(render(&e, &Ids::default()).contains("L \"/var/a b\" - - - - \"x\\\"y\""));
+        // The argument is taken literally (not unquoted) by systemd-tmpfiles.
+        assert!(render(&e, &Ids::default()).contains("L \"/var/a b\" - - - - x\"y\n"));
+        let e = vec![
+            VarEntry::File {
+                path: "/var/lib/a b\\c".into(),
+            },
+            VarEntry::Symlink {
+                path: "/var/100%".into(),
+                target: "t%m x".into(),
+            },
+        ];
+        let text = render(&e, &Ids::default());
+        assert!(text.contains("L /var/100%% - - - - t%%m\\x20x\n"), "{text}");
+        assert!(
+            text.contains(
+                "C \"/var/lib/a b\\\\c\" - - - - /usr/share/factory/var/lib/a\\x20b\\\\c\n"
+            ),
+            "{text}"
+        );
     }
 }

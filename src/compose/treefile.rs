@@ -151,7 +151,7 @@ fn validate(path: &Path, text: &str, raw: &RawTreefile) -> Result<()> {
         }
     }
     for k in raw.metadata.iter().flat_map(|m| m.keys()) {
-        if k == "version" || k.starts_with("ostree.") || k.starts_with("hostctl.") {
+        if crate::format::keys::is_reserved(k) {
             return Err(err(
                 "metadata",
                 format!("`{k}` is reserved: hostctl and libostree set it themselves"),
@@ -310,17 +310,165 @@ fn finish(path: &Path, raw: RawTreefile, sources: Vec<PathBuf>) -> Result<Treefi
     })
 }
 
-/// Turn a TOML/serde error into "FILE:LINE:COL: key `K`: message".
+/// Turn a TOML/serde error into "FILE:LINE:COL: key `K`: message". For a
+/// syntax error caused by a bracket, brace, table header or string that is
+/// never closed, the position is where it opens: the parser only notices
+/// where it gives up, often the end of the file.
 fn describe_toml_error(path: &Path, text: &str, e: &toml::de::Error) -> String {
-    let msg = e.message().trim_end();
+    // toml's messages span lines ("invalid array\nexpected `]`"): one line.
+    let msg = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ");
     let Some(span) = e.span() else {
         return format!("{}: {msg}", path.display());
     };
+    let syntax_error = toml::from_str::<toml::Table>(text).is_err();
+    if let Some((at, what)) =
+        first_unclosed(text).filter(|(at, _)| syntax_error && *at <= span.start)
+    {
+        let (line, col) = line_col(text, at);
+        let (key, what) = match what {
+            Unclosed::Array => (key_at(text, at), "this `[` is never closed"),
+            Unclosed::InlineTable => (key_at(text, at), "this `{` is never closed"),
+            Unclosed::Str => (key_at(text, at), "this string is never closed"),
+            Unclosed::Header => (None, "this table header `[` is never closed"),
+        };
+        return match key {
+            Some(key) => format!(
+                "{}:{line}:{col}: key `{key}`: {what} ({msg})",
+                path.display()
+            ),
+            None => format!("{}:{line}:{col}: {what} ({msg})", path.display()),
+        };
+    }
     let (line, col) = line_col(text, span.start);
     match key_at(text, span.start) {
         Some(key) => format!("{}:{line}:{col}: key `{key}`: {msg}", path.display()),
         None => format!("{}:{line}:{col}: {msg}", path.display()),
     }
+}
+
+/// Something [`first_unclosed`] found open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unclosed {
+    Array,
+    InlineTable,
+    Header,
+    Str,
+}
+
+/// The first array, inline table, table header or string of `text` that is
+/// never closed, with the byte offset where it opens. A scanner for error
+/// messages, not a parser: it knows strings and comments, and that headers
+/// and one-line strings end with their line.
+fn first_unclosed(text: &str) -> Option<(usize, Unclosed)> {
+    let b = text.as_bytes();
+    let mut found: Vec<(usize, Unclosed)> = Vec::new();
+    let mut open: Vec<(usize, Unclosed)> = Vec::new();
+    let mut line_start = true;
+    let mut double_header = false;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\n' => {
+                if let Some(pos) = open.iter().position(|(_, k)| *k == Unclosed::Header) {
+                    found.extend(open.drain(pos..).next());
+                }
+                line_start = true;
+                i += 1;
+                continue;
+            }
+            b' ' | b'\t' | b'\r' => {
+                i += 1;
+                continue;
+            }
+            b'#' => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'"' | b'\'' => {
+                match string_end(b, i) {
+                    Ok(end) => i = end,
+                    Err(stop) => {
+                        found.push((i, Unclosed::Str));
+                        i = stop;
+                    }
+                }
+                line_start = false;
+                continue;
+            }
+            b'[' if line_start && open.is_empty() => {
+                open.push((i, Unclosed::Header));
+                // `[[name]]`, an array of tables, closes with `]]`.
+                double_header = b.get(i + 1) == Some(&b'[');
+                if double_header {
+                    i += 1;
+                }
+            }
+            b'[' => open.push((i, Unclosed::Array)),
+            b'{' => open.push((i, Unclosed::InlineTable)),
+            b']' if matches!(open.last(), Some((_, Unclosed::Array))) => {
+                open.pop();
+            }
+            b']' if matches!(open.last(), Some((_, Unclosed::Header))) => {
+                if !double_header {
+                    open.pop();
+                } else if b.get(i + 1) == Some(&b']') {
+                    open.pop();
+                    i += 1;
+                }
+            }
+            b'}' if matches!(open.last(), Some((_, Unclosed::InlineTable))) => {
+                open.pop();
+            }
+            _ => {}
+        }
+        line_start = false;
+        i += 1;
+    }
+    found.extend(open.first().copied());
+    found.into_iter().min_by_key(|(at, _)| *at)
+}
+
+/// The offset just past the string opening at `start`, or `Err` with the
+/// offset where it was found unclosed (the end of its line for a one-line
+/// string, the end of the text for a multi-line one).
+fn string_end(b: &[u8], start: usize) -> std::result::Result<usize, usize> {
+    let q = b[start];
+    let basic = q == b'"';
+    let triple = b[start..].starts_with(&[q, q, q]);
+    let mut i = start + if triple { 3 } else { 1 };
+    while i < b.len() {
+        let c = b[i];
+        if basic && c == b'\\' && b.get(i + 1) != Some(&b'\n') {
+            i += 2;
+            continue;
+        }
+        if c == q {
+            if !triple {
+                return Ok(i + 1);
+            }
+            if b[i..].starts_with(&[q, q, q]) {
+                // Up to two more quotes are content: `""""""` is `""`.
+                let mut end = i + 3;
+                while end < b.len() && end < i + 5 && b[end] == q {
+                    end += 1;
+                }
+                return Ok(end);
+            }
+        }
+        if c == b'\n' && !triple {
+            return Err(i);
+        }
+        i += 1;
+    }
+    Err(b.len())
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -460,6 +608,59 @@ build-host = "ci-7"
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("/t/host.toml:"), "{e}");
+    }
+
+    #[test]
+    fn unclosed_things_are_named_where_they_open() {
+        let e = parse("ref = \"a\"\nunits = [\"x.service\",\n\n# end\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "/t/host.toml:2:9: key `units`: this `[` is never closed (invalid array, expected `]`)"
+        );
+        let e = parse("ref = \"a\"\n[metadata\nowner = \"me\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/t/host.toml:2:1: this table header `[` is never closed"),
+            "{e}"
+        );
+        let e = parse("ref = \"a\"\n[metadata]\nowner = \"me\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/t/host.toml:3:9: key `metadata.owner`: this string is never closed"),
+            "{e}"
+        );
+        let e = parse("ref = \"a\"\nmetadata = { a = \"b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/t/host.toml:2:12: key `metadata`: this `{` is never closed"),
+            "{e}"
+        );
+        // An array that is closed but wrong inside keeps the parser's position.
+        let e = parse("ref = \"a\"\nunits = [\n  \"a\"\n  \"b\",\n]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/t/host.toml:4:"), "{e}");
+    }
+
+    #[test]
+    fn the_unclosed_scanner_knows_strings_comments_and_headers() {
+        let ok = r#"a = "[{\"" # [ {
+b = '''
+[ '''
+[[t]]
+c = [[1], {x = "]"}]
+d = """x""""
+"#;
+        assert!(toml::from_str::<toml::Table>(ok).is_ok());
+        assert_eq!(first_unclosed(ok), None);
+        assert_eq!(first_unclosed("a = [1, [2]\n"), Some((4, Unclosed::Array)));
+        assert_eq!(first_unclosed("a = '''\nx\n"), Some((4, Unclosed::Str)));
+        assert_eq!(first_unclosed("[[t]\nb = 1\n"), Some((0, Unclosed::Header)));
     }
 
     #[test]

@@ -11,8 +11,8 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::build::packages::Package;
-use crate::build::treefile::Treefile;
+use crate::compose::treefile::Treefile;
+use crate::format::pkglist::Package;
 
 /// One apt source, as a one-line `deb` entry once rendered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -525,7 +525,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("t.toml");
         std::fs::write(&p, "ref = \"x\"\ncomponents = [\"main\", \"contrib\"]\n").unwrap();
-        let mut t = crate::build::treefile::load(&p).unwrap();
+        let mut t = crate::compose::treefile::load(&p).unwrap();
         t.mirror = mirror.map(str::to_string);
         t
     }

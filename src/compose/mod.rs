@@ -1,21 +1,21 @@
-//! The build side: `hostctl compose` turns a treefile into a commit.
+//! The build side: `hostctl compose tree` turns a treefile into a commit.
 //!
 //! Data flow: [`treefile`] (parse, validate) → [`rootfs`] (base, overlays,
 //! removals) → [`packages`] (mmdebstrap/apt, with [`apt`]) →
 //! [`postprocess`] (scripts, tmpfiles, the OSTree layout) → [`initramfs`]
-//! and [`sysusers`] → [`commit`]; [`compose`] runs the steps and
+//! and [`sysusers`] → [`commit`]; [`tree`] runs the steps and
 //! [`inputhash`] decides whether anything changed.
 //!
 //! May import `format` and `util`; never `host`, `bootloader` or `image`.
 
 pub mod apt;
 pub mod commit;
-pub mod compose;
 pub mod initramfs;
 pub mod inputhash;
 pub mod packages;
 pub mod postprocess;
 pub mod rootfs;
 pub mod sysusers;
+pub mod tree;
 pub mod treefile;
 pub mod version;

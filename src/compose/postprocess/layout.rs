@@ -67,7 +67,7 @@ const LINKS: &[TopLink] = &[
     },
 ];
 
-const USRMERGE_DIRS: &[&str] = &["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+pub(crate) const USRMERGE_DIRS: &[&str] = &["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
 
 /// Convert `tree` in place. Each step checks its input and fails with the
 /// offending path rather than producing a commit that cannot boot.
@@ -322,8 +322,8 @@ fn var_to_tmpfiles(tree: &Path) -> Result<()> {
         let rel = e.path().strip_prefix(tree).expect("under tree");
         let Some(path) = rel.to_str().map(|s| format!("/{s}")) else {
             bail!(
-                "/{} has a name that is not UTF-8; tmpfiles.d cannot express it",
-                rel.display()
+                "{} has a name that is not UTF-8; tmpfiles.d cannot express it",
+                crate::util::escape_path(&Path::new("/").join(rel))
             );
         };
         let meta = e.metadata().with_context(|| format!("reading {path}"))?;

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
-use crate::build::treefile::Treefile;
+use crate::compose::treefile::Treefile;
 use crate::util::run;
 
 /// Compression of a base tarball, recognised by magic bytes rather than the

@@ -2,9 +2,9 @@
 //!
 //! Compose calls three steps: `resolve` (cheap: which exact package versions
 //! the treefile stands for right now, fed into the input hash), `install`
-//! (mmdebstrap builds the tree, reusing cached `.deb`s), and `finalize`
-//! (after overlays and scripts: initramfs, dpkg database under `/usr`,
-//! system accounts as sysusers.d, the installed package list).
+//! (mmdebstrap builds the tree, reusing cached `.deb`s), and, once overlays
+//! and scripts have run and the initramfs is built, `record_installed` (the
+//! dpkg database under `/usr`, the installed package list).
 
 use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
@@ -12,29 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 
-use crate::build::apt::{self, PrivateApt};
-use crate::build::treefile::Treefile;
-
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Package {
-    pub name: String,
-    pub version: String,
-    pub arch: String,
-}
-
-impl Package {
-    /// The architecture to ask apt for: `all` packages are requested with the
-    /// native architecture.
-    pub fn arch_or<'a>(&'a self, native: &'a str) -> &'a str {
-        if self.arch == "all" {
-            native
-        } else {
-            &self.arch
-        }
-    }
-}
+use crate::compose::apt::{self, PrivateApt};
+use crate::compose::treefile::Treefile;
+use crate::format::pkglist::Package;
 
 /// Where the dpkg database lives in a composed tree; `/var/lib/dpkg` is a
 /// relative symlink to it.
@@ -280,7 +261,7 @@ fn install_packages(
     cmd.args(["--mount", "--fork", "mmdebstrap"])
         .env("LC_ALL", "C.UTF-8")
         // The kernel's postinst hooks would build a throwaway initramfs in
-        // /boot; `finalize` builds the real one once the tree is complete.
+        // /boot; compose builds the real one once the tree is complete.
         .env("INITRD", "No")
         .arg(format!("--architectures={}", apt.arch))
         .arg("--skip=download/empty")
@@ -537,20 +518,13 @@ fn copy_file(from: &Path, to: &Path, mode: u32) -> Result<()> {
     Ok(())
 }
 
-/// Last package step, after overlays, removals and postprocess scripts:
-/// kernel and initramfs into `/usr/lib/modules/$kver`, Debian's `/boot`
-/// leftovers removed, system accounts declared for systemd-sysusers, the
-/// dpkg database moved under `/usr`. Returns the installed packages.
-pub fn finalize(tf: &Treefile, tree: &Path) -> Result<Vec<Package>> {
-    let _ = tf;
-    let dpkg_status = tree.join("var/lib/dpkg/status");
-    if !dpkg_status.exists() && !tree.join(DPKG_DB).join("status").exists() {
-        // Not a Debian tree (a local base without dpkg): nothing to do.
-        return Ok(Vec::new());
-    }
-    crate::build::initramfs::build(tree, &datadir().join("dracut"))?;
-    crate::build::sysusers::write_for_tree(tree)
-        .context("declaring system accounts for sysusers")?;
+/// Whether the tree has a dpkg database (wherever a previous step put it).
+pub fn is_debian_tree(tree: &Path) -> bool {
+    tree.join("var/lib/dpkg/status").exists() || tree.join(DPKG_DB).join("status").exists()
+}
+
+/// Move the dpkg database under /usr and list what it says is installed.
+pub fn record_installed(tree: &Path) -> Result<Vec<Package>> {
     move_dpkg_db(tree)?;
     installed_packages(&tree.join(DPKG_DB))
 }

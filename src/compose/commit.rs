@@ -7,6 +7,8 @@ use ostree::gio;
 use ostree::glib;
 use ostree::prelude::*;
 
+use crate::format::sign::{self, SecretKey};
+
 /// What goes into the commit besides the tree.
 pub struct NewCommit<'a> {
     pub refname: &'a str,
@@ -14,6 +16,8 @@ pub struct NewCommit<'a> {
     pub subject: &'a str,
     /// Filled by the caller (version, treefile metadata, input hash...).
     pub metadata: glib::VariantDict,
+    /// Sign the commit with this key before the ref moves to it.
+    pub sign_key: Option<&'a SecretKey>,
 }
 
 /// Write `tree` into `repo` and move the ref to the new commit, all in one
@@ -78,6 +82,10 @@ fn write(repo: &ostree::Repo, tree: &Path, c: &NewCommit) -> Result<String> {
             gio::Cancellable::NONE,
         )
         .with_context(|| format!("writing the commit for {}", c.refname))?;
+    if let Some(key) = c.sign_key {
+        sign::sign_commit(repo, &checksum, key)
+            .with_context(|| format!("signing {checksum} with {}", key.source))?;
+    }
     repo.transaction_set_ref(None, c.refname, Some(&checksum));
     Ok(checksum.to_string())
 }

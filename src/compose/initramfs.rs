@@ -154,7 +154,7 @@ fn install_dracut_conf(tree: &Path, src: &Path) -> Result<()> {
     let modules = src.join("modules.d");
     if modules.is_dir() {
         let dest = tree.join("usr/lib/dracut/modules.d");
-        crate::build::rootfs::copy_tree_into(&modules, &dest)
+        crate::compose::rootfs::copy_tree_into(&modules, &dest)
             .context("installing hostctl's dracut modules into the tree")?;
     }
     Ok(())

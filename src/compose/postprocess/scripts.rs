@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-use crate::build::treefile::Treefile;
+use crate::compose::treefile::Treefile;
 use crate::util::run;
 
 /// Mount setup for a script, run by `sh` inside a private mount namespace

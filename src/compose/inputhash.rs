@@ -8,9 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::build::treefile::Treefile;
-
-pub const METADATA_KEY: &str = "hostctl.inputhash";
+use crate::compose::treefile::Treefile;
 
 pub struct InputHasher(Sha256);
 

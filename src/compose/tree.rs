@@ -8,8 +8,9 @@ use anyhow::{bail, Context, Result};
 use ostree::glib;
 
 use super::treefile::{self, Treefile};
-use super::{commit, inputhash, packages, postprocess, rootfs, version};
-use crate::format::{pkglist, repo};
+use super::{commit, initramfs, inputhash, packages, postprocess, rootfs, sysusers, version};
+use crate::format::{keys, pkglist, repo, sign};
+use crate::util;
 use crate::Outcome;
 
 /// What `hostctl compose tree` is asked to do (docs/cli.md describes each option).
@@ -22,11 +23,28 @@ pub struct ComposeOptions {
     pub cachedir: Option<PathBuf>,
     pub workdir: Option<PathBuf>,
     pub treefile: PathBuf,
+    /// ed25519 secret key file to sign the new commit with.
+    pub sign_key: Option<PathBuf>,
 }
 
 pub fn run(args: &ComposeOptions) -> Result<Outcome> {
     let tf = treefile::load(&args.treefile)?;
+    check_repo_path(&args.repo)?;
     check_inputs(&tf)?;
+    // Read before any work, so that a key that cannot sign fails the compose
+    // in a second, not after the build, and never after the ref moved.
+    let sign_key = args
+        .sign_key
+        .as_deref()
+        .map(sign::read_secret)
+        .transpose()?;
+    // Serialise composes of this ref from here to the moved ref, so each
+    // one's parent is the previous one's commit. Without a repository yet,
+    // the lock is taken once the repository exists, before the parent is read.
+    let mut lock = match repo::open_if_exists(&args.repo)? {
+        Some(_) => Some(lock_ref(&args.repo, &tf.refname)?),
+        None => None,
+    };
 
     let cachedir = args
         .cachedir
@@ -41,17 +59,8 @@ pub fn run(args: &ComposeOptions) -> Result<Outcome> {
         hasher.field(resolved.as_bytes());
     }
     let hash = hasher.finish();
-    if let Some(unchanged) = unchanged_head(&args.repo, &tf.refname, &hash)? {
-        if !args.force_nocache {
-            eprintln!(
-                "No changes in the inputs of {}: it stays at {unchanged}",
-                tf.refname
-            );
-            write_commitid(args.write_commitid_to.as_deref(), &unchanged)?;
-            return Ok(Outcome::Unchanged {
-                exit_77: args.unchanged_exit_77,
-            });
-        }
+    if let Some(outcome) = report_unchanged(args, &tf.refname, &hash)? {
+        return Ok(outcome);
     }
 
     let workdir = args.workdir.clone().unwrap_or_else(std::env::temp_dir);
@@ -69,6 +78,13 @@ pub fn run(args: &ComposeOptions) -> Result<Outcome> {
     let installed = build_tree(&tf, &tree, &cachedir, accounts.as_deref())?;
 
     let repo = repo::open_or_create_archive(&args.repo)?;
+    if lock.is_none() {
+        lock = Some(lock_ref(&args.repo, &tf.refname)?);
+        // A compose that held the lock meanwhile may have committed these inputs.
+        if let Some(outcome) = report_unchanged(args, &tf.refname, &hash)? {
+            return Ok(outcome);
+        }
+    }
     let parent = repo::ref_head(&repo, &tf.refname)?;
     let metadata = glib::VariantDict::new(None);
     let mut version_str = None;
@@ -78,15 +94,15 @@ pub fn run(args: &ComposeOptions) -> Result<Outcome> {
             None => Vec::new(),
         };
         let v = version::next_version(prefix, history.iter().filter_map(|h| h.version.as_deref()));
-        metadata.insert("version", &v);
+        metadata.insert(keys::VERSION, &v);
         version_str = Some(v);
     }
     for (k, v) in &tf.metadata {
         metadata.insert(k, v);
     }
-    metadata.insert(inputhash::METADATA_KEY, &hash);
+    metadata.insert(keys::INPUT_HASH, &hash);
     if !installed.is_empty() {
-        metadata.insert_value(pkglist::METADATA_KEY, &pkglist::to_variant(&installed));
+        metadata.insert_value(keys::PACKAGES, &pkglist::to_variant(&installed));
     }
 
     let subject = match &version_str {
@@ -106,6 +122,7 @@ pub fn run(args: &ComposeOptions) -> Result<Outcome> {
             parent: parent.as_deref(),
             subject: &subject,
             metadata,
+            sign_key: sign_key.as_ref(),
         },
     )?;
     // The summary lets clients list refs over HTTP; the commit is already
@@ -121,7 +138,71 @@ pub fn run(args: &ComposeOptions) -> Result<Outcome> {
         Some(v) => println!("{} => {checksum} (version {v})", tf.refname),
         None => println!("{} => {checksum}", tf.refname),
     }
+    drop(lock);
     Ok(Outcome::Done)
+}
+
+/// When the ref's head was composed from exactly these inputs (and no
+/// rebuild is forced), say so and return the outcome.
+fn report_unchanged(args: &ComposeOptions, refname: &str, hash: &str) -> Result<Option<Outcome>> {
+    if args.force_nocache {
+        return Ok(None);
+    }
+    let Some(unchanged) = unchanged_head(&args.repo, refname, hash)? else {
+        return Ok(None);
+    };
+    eprintln!("No changes in the inputs of {refname}: it stays at {unchanged}");
+    write_commitid(args.write_commitid_to.as_deref(), &unchanged)?;
+    Ok(Some(Outcome::Unchanged {
+        exit_77: args.unchanged_exit_77,
+    }))
+}
+
+/// The lock file that serialises composes of `refname` into `repo`:
+/// `REPO/tmp/hostctl-compose-REF.lock`, with `%` and `/` of the ref escaped
+/// as `%25` and `%2F` (two refs never share a lock file).
+pub fn ref_lock_path(repo: &Path, refname: &str) -> PathBuf {
+    let escaped = refname.replace('%', "%25").replace('/', "%2F");
+    repo.join("tmp")
+        .join(format!("hostctl-compose-{escaped}.lock"))
+}
+
+fn lock_ref(repo: &Path, refname: &str) -> Result<util::FileLock> {
+    let path = ref_lock_path(repo, refname);
+    let dir = path.parent().expect("has a parent");
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    util::lock_file(
+        &path,
+        &format!("another compose of {refname} in {}", repo.display()),
+    )
+}
+
+/// Refuse a `--repo` that cannot be a repository before any build work: a
+/// path that is, or lies under, something other than a directory.
+fn check_repo_path(repo: &Path) -> Result<()> {
+    for p in repo.ancestors().filter(|p| !p.as_os_str().is_empty()) {
+        match fs::metadata(p) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(_) => bail!(
+                "--repo {}: {} is not a directory (an OSTree repository is a directory)",
+                repo.display(),
+                p.display()
+            ),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                continue
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("--repo {}: reading {}", repo.display(), p.display()))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Every step between the inputs and a tree libostree can deploy, in order.
@@ -131,7 +212,7 @@ pub fn build_tree(
     tree: &Path,
     cachedir: &Path,
     accounts: Option<&Path>,
-) -> Result<Vec<packages::Package>> {
+) -> Result<Vec<pkglist::Package>> {
     if tf.base.is_some() {
         eprintln!("Populating the tree from the base");
     }
@@ -144,35 +225,38 @@ pub fn build_tree(
     rootfs::remove_files(tf, tree)?;
     postprocess::run_scripts(tf, tree)?;
     postprocess::enable_units(tf, tree)?;
-    let installed = packages::finalize(tf, tree)?;
+    // A local base without dpkg is not a Debian tree: it brings its own
+    // kernel and initramfs, and has no package list to record.
+    let installed = if packages::is_debian_tree(tree) {
+        initramfs::build(tree, &packages::datadir().join("dracut"))?;
+        sysusers::write_for_tree(tree).context("declaring system accounts for sysusers")?;
+        packages::record_installed(tree)?
+    } else {
+        Vec::new()
+    };
+    postprocess::check::check_assembled(tree)?;
     eprintln!("Converting the tree to the OSTree layout");
     postprocess::ostree_layout(tree)?;
+    let from_packages = !tf.packages.is_empty() || !tf.local_packages.is_empty();
+    postprocess::check::check_deployable(tree, from_packages)?;
     Ok(installed)
 }
 
 /// The account files (`/usr/etc/passwd`, ...) of the ref's current commit,
 /// copied into `dest`, so that a new compose keeps the IDs hosts already have.
 fn previous_accounts(repo_path: &Path, refname: &str, dest: &Path) -> Result<Option<PathBuf>> {
-    use ostree::gio::prelude::{FileExt, FileExtManual};
     let Some(repo) = repo::open_if_exists(repo_path)? else {
         return Ok(None);
     };
     let Some(head) = repo::ref_head(&repo, refname)? else {
         return Ok(None);
     };
-    let (root, _) = repo
-        .read_commit(&head, ostree::gio::Cancellable::NONE)
-        .with_context(|| format!("reading commit {head}"))?;
     fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
     let mut found = false;
     for name in packages::ACCOUNT_FILES {
-        let f = root.resolve_relative_path(format!("usr/etc/{name}"));
-        if !f.query_exists(ostree::gio::Cancellable::NONE) {
+        let Some(bytes) = repo::read_commit_file(&repo, &head, &format!("/usr/etc/{name}"))? else {
             continue;
-        }
-        let (bytes, _) = f
-            .load_contents(ostree::gio::Cancellable::NONE)
-            .with_context(|| format!("reading /usr/etc/{name} of {head}"))?;
+        };
         let out = dest.join(name);
         fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
         found = true;
@@ -206,7 +290,7 @@ fn unchanged_head(repo_path: &Path, refname: &str, hash: &str) -> Result<Option<
     let Some(head) = repo::ref_head(&repo, refname)? else {
         return Ok(None);
     };
-    let old = repo::metadata_string(&repo, &head, inputhash::METADATA_KEY)?;
+    let old = repo::metadata_string(&repo, &head, keys::INPUT_HASH)?;
     Ok((old.as_deref() == Some(hash)).then_some(head))
 }
 

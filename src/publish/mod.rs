@@ -1,0 +1,85 @@
+//! The publishing side: what the build pipeline does to a repository after
+//! composing and before serving it. Today: key pairs and signatures of
+//! existing commits (re-signing, adding a second key during a rotation).
+//!
+//! May import `format` and `util`; never `host`, `compose` or `image`.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::format::{repo, sign};
+use crate::Outcome;
+
+/// What `hostctl sign` is asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct SignOptions {
+    pub repo: PathBuf,
+    pub key: PathBuf,
+    /// A ref or a commit checksum.
+    pub rev: String,
+}
+
+/// What `hostctl key generate` is asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct KeygenOptions {
+    /// PREFIX.secret and PREFIX.pub are written.
+    pub output: PathBuf,
+}
+
+/// Add the key's signature to an existing commit.
+pub fn sign_existing(args: &SignOptions) -> Result<Outcome> {
+    let key = sign::read_secret(&args.key)?;
+    let r = repo::open(&args.repo)?;
+    let checksum = r
+        .resolve_rev(&args.rev, false)
+        .with_context(|| format!("{}: no ref or commit {}", args.repo.display(), args.rev))?
+        .with_context(|| format!("{}: no ref or commit {}", args.repo.display(), args.rev))?
+        .to_string();
+    sign::sign_commit(&r, &checksum, &key)
+        .with_context(|| format!("signing {checksum} with {}", key.source))?;
+    println!("Signed {checksum} with key {}.", key.public().to_base64());
+    Ok(Outcome::Done)
+}
+
+/// Write a new key pair; never overwrites a file, and the secret half is
+/// readable by its owner only from the moment it exists.
+pub fn generate_key(args: &KeygenOptions) -> Result<Outcome> {
+    let (secret, public) = sign::generate()?;
+    let with_ext = |ext: &str| {
+        let mut p = args.output.clone().into_os_string();
+        p.push(ext);
+        PathBuf::from(p)
+    };
+    let (secret_path, public_path) = (with_ext(".secret"), with_ext(".pub"));
+    write_new(&secret_path, &secret, 0o600)?;
+    if let Err(e) = write_new(&public_path, &public, 0o644) {
+        let _ = std::fs::remove_file(&secret_path);
+        return Err(e);
+    }
+    println!(
+        "Wrote {} (keep it secret) and {} (give it to hosts: --verify-key).",
+        secret_path.display(),
+        public_path.display()
+    );
+    Ok(Outcome::Done)
+}
+
+fn write_new(path: &Path, text: &str, mode: u32) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "creating {} (an existing key is never overwritten)",
+                path.display()
+            )
+        })?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}

@@ -1,0 +1,305 @@
+//! Signed updates: keys from `hostctl key generate`, signatures from
+//! `compose tree --sign-key` and `hostctl sign`, checked by openssl (an
+//! independent ed25519 implementation), and hosts that accept only commits
+//! signed by a key they were given, leaving the sysroot byte-for-byte as it
+//! was when they refuse.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+const T0: u64 = 1_700_000_000;
+
+/// The commit object's file in an archive repository: what a signature covers.
+fn commit_object(repo: &Path, checksum: &str) -> PathBuf {
+    repo.join(format!(
+        "objects/{}/{}.commit",
+        &checksum[..2],
+        &checksum[2..]
+    ))
+}
+
+fn detached_path(repo: &Path, checksum: &str) -> PathBuf {
+    repo.join(format!(
+        "objects/{}/{}.commitmeta",
+        &checksum[..2],
+        &checksum[2..]
+    ))
+}
+
+/// The ed25519 signatures in the commit's detached metadata, read with
+/// libostree directly.
+fn signatures(repo: &Path, checksum: &str) -> Vec<Vec<u8>> {
+    let r = ostree::Repo::new_for_path(repo);
+    r.open(ostree::gio::Cancellable::NONE).unwrap();
+    let Some(meta) = r
+        .read_commit_detached_metadata(checksum, ostree::gio::Cancellable::NONE)
+        .unwrap()
+    else {
+        return Vec::new();
+    };
+    ostree::glib::VariantDict::new(Some(&meta))
+        .lookup::<Vec<Vec<u8>>>("ostree.sign.ed25519")
+        .unwrap()
+        .unwrap_or_default()
+}
+
+/// Whether openssl accepts `sig` over the commit object for the key in
+/// `public` (base64 of the raw 32 bytes, as hostctl and libostree write it).
+fn openssl_verifies(dir: &Path, public: &Path, object: &Path, sig: &[u8]) -> bool {
+    let der = dir.join("pub.der");
+    // SubjectPublicKeyInfo for Ed25519: fixed 12-byte prefix, then the key.
+    let mut spki = vec![
+        0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+    ];
+    let bytes = Command::new("base64")
+        .arg("-d")
+        .arg(public)
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(bytes.len(), 32, "public key file holds 32 bytes");
+    spki.extend(bytes);
+    fs::write(&der, spki).unwrap();
+    let sigfile = dir.join("sig.bin");
+    fs::write(&sigfile, sig).unwrap();
+    Command::new("openssl")
+        .args(["pkeyutl", "-verify", "-pubin", "-keyform", "DER", "-rawin"])
+        .arg("-inkey")
+        .arg(&der)
+        .arg("-in")
+        .arg(object)
+        .arg("-sigfile")
+        .arg(&sigfile)
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[test]
+fn compose_signs_and_openssl_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, public) = keypair(dir.path(), "build");
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode(&secret),
+        0o600,
+        "secret key readable by its owner only"
+    );
+    // An existing key is never overwritten.
+    let again = hostctl_run(&[
+        "key",
+        "generate",
+        "--output",
+        dir.path().join("build").to_str().unwrap(),
+    ]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("never overwritten"),
+        "{}",
+        stderr(&again)
+    );
+
+    let repo = dir.path().join("repo");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("treefiles/example.toml");
+    let idfile = dir.path().join("id");
+    ok(run_hostctl(
+        hostctl_cmd()
+            .args(["compose", "tree", "--repo"])
+            .arg(&repo)
+            .arg("--sign-key")
+            .arg(&secret)
+            .arg("--write-commitid-to")
+            .arg(&idfile)
+            .arg(&example),
+    ));
+    let c = fs::read_to_string(&idfile).unwrap().trim().to_string();
+    let sigs = signatures(&repo, &c);
+    assert_eq!(sigs.len(), 1);
+    let object = commit_object(&repo, &c);
+    assert!(openssl_verifies(dir.path(), &public, &object, &sigs[0]));
+    // The same signature does not verify over other bytes.
+    let other = dir.path().join("other");
+    let mut bytes = fs::read(&object).unwrap();
+    bytes[0] ^= 1;
+    fs::write(&other, bytes).unwrap();
+    assert!(!openssl_verifies(dir.path(), &public, &other, &sigs[0]));
+
+    // Rotation: a second key adds a signature; signing twice adds nothing.
+    let (secret2, public2) = keypair(dir.path(), "next");
+    for key in [&secret2, &secret2, &secret] {
+        ok(hostctl_run(&[
+            "sign",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+            "example/x86_64/demo",
+        ]));
+    }
+    let sigs = signatures(&repo, &c);
+    assert_eq!(sigs.len(), 2, "one signature per key");
+    assert!(openssl_verifies(dir.path(), &public2, &object, &sigs[1]));
+    sh(Command::new("ostree")
+        .arg(format!("--repo={}", repo.display()))
+        .arg("fsck"));
+}
+
+#[test]
+fn a_compose_that_cannot_sign_fails_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("treefiles/example.toml");
+    let (_, public) = keypair(dir.path(), "k");
+    let garbage = dir.path().join("garbage.secret");
+    fs::write(&garbage, "not a key\n").unwrap();
+    for (key, says) in [
+        (dir.path().join("missing.secret"), "reading signing key"),
+        (garbage.clone(), "not base64"),
+        (public.clone(), "bytes, but an ed25519 secret key is 64"),
+    ] {
+        let out = run_hostctl(
+            hostctl_cmd()
+                .args(["compose", "tree", "--repo"])
+                .arg(&repo)
+                .arg("--sign-key")
+                .arg(&key)
+                .arg(&example),
+        );
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(
+            err.contains(says) && err.contains(key.to_str().unwrap()),
+            "{err}"
+        );
+        assert!(
+            !err.contains("Populating"),
+            "failed only after building: {err}"
+        );
+        assert!(!repo.exists(), "no repository is created");
+    }
+}
+
+fn assert_refused(fx: &Fixture, args: &[&str], says: &[&str]) {
+    let before = fingerprint(fx.sysroot());
+    let out = hostctl(fx.sysroot(), args);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    let err = stderr(&out);
+    for s in says {
+        assert!(err.contains(s), "{args:?}: expected {s:?} in:\n{err}");
+    }
+    assert_same(
+        &before,
+        &fingerprint(fx.sysroot()),
+        &format!("{args:?} refused"),
+    );
+}
+
+#[test]
+fn hosts_accept_only_commits_signed_by_a_trusted_key() {
+    let fx = Fixture::new();
+    let keys = tempfile::tempdir().unwrap();
+    let (a_secret, a_public) = keypair(keys.path(), "a");
+    let (b_secret, _) = keypair(keys.path(), "b");
+    let files = |v: &str| deployable(&base_files(v));
+
+    let c1 = fx.build.commit("stable", "1.0", T0, &files("1.0"));
+    fx.build.sign(&c1, &a_secret);
+    let out = hostctl_ok(
+        fx.sysroot(),
+        &[
+            "install",
+            "--repo",
+            &fx.build.url(),
+            "--ref",
+            "stable",
+            "--verify-key",
+            a_public.to_str().unwrap(),
+        ],
+    );
+    assert!(out.contains("signed by key"), "{out}");
+    assert_eq!(fx.admin_status()[0].checksum, c1);
+
+    // Unsigned: refused, named.
+    let c2 = fx.build.commit("stable", "2.0", T0 + 100, &files("2.0"));
+    assert_refused(&fx, &["upgrade"], &[&c2, "stable", "not signed"]);
+    // Signed by a key the host does not trust.
+    fx.build.sign(&c2, &b_secret);
+    assert_refused(&fx, &["upgrade"], &[&c2, "none of its 1 signature"]);
+    // Another commit's valid signature, copied over: does not match.
+    fs::copy(
+        detached_path(&fx.build.path, &c1),
+        detached_path(&fx.build.path, &c2),
+    )
+    .unwrap();
+    assert_refused(&fx, &["upgrade"], &[&c2, "none of its 1 signature"]);
+    // Also by version, through `deploy`.
+    assert_refused(&fx, &["deploy", "2.0"], &[&c2]);
+    // Signed by the trusted key (alongside the other one): accepted.
+    fs::remove_file(detached_path(&fx.build.path, &c2)).unwrap();
+    fx.build.sign(&c2, &b_secret);
+    fx.build.sign(&c2, &a_secret);
+    hostctl_ok(fx.sysroot(), &["upgrade"]);
+    let st = fx.admin_status();
+    assert_eq!(
+        (st[0].checksum.as_str(), st[1].checksum.as_str()),
+        (c2.as_str(), c1.as_str())
+    );
+    fsck(fx.sysroot());
+}
+
+#[test]
+fn a_network_remote_needs_a_key() {
+    let fx = Fixture::new();
+    let before = fingerprint(fx.sysroot());
+    let out = hostctl(
+        fx.sysroot(),
+        &[
+            "install",
+            "--repo",
+            "http://127.0.0.1:9/repo",
+            "--ref",
+            "stable",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("without a signing key") && err.contains("--insecure-allow-unsigned"),
+        "{err}"
+    );
+    assert_same(
+        &before,
+        &fingerprint(fx.sysroot()),
+        "install refused for want of a key",
+    );
+    // A key file that cannot be read is refused the same way, first.
+    let out = hostctl(
+        fx.sysroot(),
+        &[
+            "install",
+            "--repo",
+            "http://127.0.0.1:9/repo",
+            "--ref",
+            "stable",
+            "--verify-key",
+            "/nonexistent/keys.pub",
+        ],
+    );
+    assert!(
+        stderr(&out).contains("/nonexistent/keys.pub"),
+        "{}",
+        stderr(&out)
+    );
+    assert_same(
+        &before,
+        &fingerprint(fx.sysroot()),
+        "install with a missing key file",
+    );
+}
