@@ -806,4 +806,9 @@ fn pieces_journal_failures_are_seen() {
     let e = parse_journal(bad).unwrap();
     assert!(e.iter().all(JournalEntry::is_failure), "{e:?}");
     assert!(parse_journal("{\"MESSAGE\": ").is_err());
+    // The stop of a unit shows as "Stopping" and "Stopped"; a start does not.
+    let stop = r#"{"UNIT":"ostree-finalize-staged.service","PRIORITY":"6","MESSAGE":"Stopping OSTree Finalize Staged Deployment...","MESSAGE_ID":"de5b426a63be47a7b6ac3eaac82e2f6f"}
+{"UNIT":"ostree-finalize-staged.service","PRIORITY":"6","MESSAGE":"Started OSTree Finalize Staged Deployment.","MESSAGE_ID":"39f53479d3a045ac8e11786248231fbf"}"#;
+    let e = parse_journal(stop).unwrap();
+    assert!(e[0].is_stop() && !e[1].is_stop());
 }
