@@ -324,11 +324,6 @@ fn assert_booted_entry_blessed(vm: &mut Vm, label: &str, checksum: &str) {
     let log = vm.serial_log.display().to_string();
     let selected = read_loader_var(vm, "LoaderEntrySelected")
         .unwrap_or_else(|| panic!("{label}: no LoaderEntrySelected EFI variable (log: {log})"));
-    let base = entry_base(&selected);
-    assert!(
-        base.starts_with("hostctl-") && base.contains(&checksum[..12]),
-        "{label}: systemd-boot booted entry {selected:?}, not the one of {checksum} (log: {log})"
-    );
     let counted = read_loader_var(vm, "LoaderBootCountPath");
     if counted.is_some() {
         let (code, active) = vm.sh("systemctl is-active boot-complete.target");
@@ -340,16 +335,8 @@ fn assert_booted_entry_blessed(vm: &mut Vm, label: &str, checksum: &str) {
         );
     }
     let listing = vm.run("ls -1 /efi/loader/entries");
-    let files: Vec<&str> = listing
-        .lines()
-        .map(str::trim)
-        .filter(|f| entry_base(f) == base)
-        .collect();
-    assert_eq!(
-        files,
-        [format!("{base}.conf")],
-        "{label}: the booted entry {selected:?} (counted: {counted:?}) is not blessed on the ESP; /efi/loader/entries:\n{listing}(log: {log})"
-    );
+    let base = blessed_entry(&selected, checksum, &listing)
+        .unwrap_or_else(|e| panic!("{label}: {e}\n(counted: {counted:?}) (log: {log})"));
     eprintln!(
         "    {label}: booted entry {selected}, {} -> now {base}.conf",
         match &counted {
@@ -359,8 +346,31 @@ fn assert_booted_entry_blessed(vm: &mut Vm, label: &str, checksum: &str) {
     );
 }
 
+/// The booted entry's name without counter, if `selected` (what
+/// `LoaderEntrySelected` says) is `checksum`'s entry and `listing` (of
+/// `/efi/loader/entries`) holds it as `NAME.conf` and nothing else.
+fn blessed_entry(selected: &str, checksum: &str, listing: &str) -> Result<String, String> {
+    let base = entry_base(selected);
+    if !(base.starts_with("hostctl-") && base.contains(&checksum[..12])) {
+        return Err(format!(
+            "systemd-boot booted entry {selected:?}, not the one of {checksum}"
+        ));
+    }
+    let files: Vec<&str> = listing
+        .lines()
+        .map(str::trim)
+        .filter(|f| entry_base(f) == base)
+        .collect();
+    if files != [format!("{base}.conf")] {
+        return Err(format!(
+            "the booted entry {selected:?} is not blessed on the ESP: its files are {files:?}; /efi/loader/entries:\n{listing}"
+        ));
+    }
+    Ok(base)
+}
+
 /// One journal entry, the fields the checks need.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct JournalEntry {
     unit: String,
     priority: Option<u8>,
@@ -471,30 +481,74 @@ fn show(entries: &[&JournalEntry]) -> String {
 fn check_shutdown(vm: &mut Vm, boot: i32, what: &str, finalized: bool) -> Vec<JournalEntry> {
     let log = vm.serial_log.display().to_string();
     let entries = journal(vm, boot, BOOT_UNITS);
-    let all: Vec<&JournalEntry> = entries.iter().collect();
-    let bad: Vec<&JournalEntry> = entries.iter().filter(|e| e.is_failure()).collect();
-    assert!(
-        bad.is_empty(),
-        "journal of boot {boot} ({what}): errors or failed units:\n{}all entries of {BOOT_UNITS:?}:\n{}(log: {log})",
-        show(&bad),
-        show(&all)
-    );
-    let mut required = vec!["hostctl-publish-entries.service"];
-    if finalized {
-        required.push("ostree-finalize-staged.service");
-    }
-    for unit in required {
-        assert!(
-            entries.iter().any(|e| e.unit == unit && e.is_stop()),
-            "journal of boot {boot} ({what}): no stop of {unit} at its shutdown; entries of {BOOT_UNITS:?}:\n{}(log: {log})",
-            show(&all)
-        );
+    if let Err(e) = shutdown_problem(&entries, finalized) {
+        panic!("journal of boot {boot} ({what}): {e}(log: {log})");
     }
     eprintln!(
         "    journal of boot {boot} ({what}): {} entries of hostctl's and ostree's units, no errors",
         entries.len()
     );
     entries
+}
+
+/// [`check_shutdown`] without the VM: `entries` are a boot's entries of
+/// [`BOOT_UNITS`].
+fn shutdown_problem(entries: &[JournalEntry], finalized: bool) -> Result<(), String> {
+    let all: Vec<&JournalEntry> = entries.iter().collect();
+    let bad: Vec<&JournalEntry> = entries.iter().filter(|e| e.is_failure()).collect();
+    if !bad.is_empty() {
+        return Err(format!(
+            "errors or failed units:\n{}all entries of {BOOT_UNITS:?}:\n{}",
+            show(&bad),
+            show(&all)
+        ));
+    }
+    let mut required = vec!["hostctl-publish-entries.service"];
+    if finalized {
+        required.push("ostree-finalize-staged.service");
+    }
+    for unit in required {
+        if !entries.iter().any(|e| e.unit == unit && e.is_stop()) {
+            return Err(format!(
+                "no stop of {unit} at its shutdown; entries of {BOOT_UNITS:?}:\n{}",
+                show(&all)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The broken update's boot proven from its journal: `health` are the
+/// entries of its health unit, `boot` those of [`BOOT_UNITS`].
+fn broken_boot_problem(
+    health: &[JournalEntry],
+    boot: &[JournalEntry],
+    v3: &str,
+) -> Result<(), String> {
+    let shown = show(&health.iter().collect::<Vec<_>>());
+    if !health.iter().any(|e| e.message.trim() == "v3") {
+        return Err(format!(
+            "the health check did not print v3's marker:\n{shown}"
+        ));
+    }
+    if !health
+        .iter()
+        .any(|e| e.message.contains("hostctl.deploy=") && e.message.contains(v3))
+    {
+        return Err(format!(
+            "the kernel command line does not name v3's deployment {v3}:\n{shown}"
+        ));
+    }
+    if !health.iter().any(JournalEntry::is_failure) {
+        return Err(format!("the health check did not fail:\n{shown}"));
+    }
+    if !boot.iter().any(|e| e.unit == "hostctl-mark-bad.service") {
+        return Err(format!(
+            "hostctl-mark-bad.service never ran:\n{}",
+            show(&boot.iter().collect::<Vec<_>>())
+        ));
+    }
+    Ok(())
 }
 
 #[test]
@@ -632,30 +686,13 @@ fn boots_upgrades_and_rolls_back_in_qemu() {
     let v3_boot = check_shutdown(&mut vm, -1, "boot 6, v3, marked bad", false);
     // v3 really booted: its health check ran from v3's /usr, on the kernel
     // command line of v3's entry, and failed; hostctl-mark-bad.service ran.
-    let log = vm.serial_log.display().to_string();
     let health = journal(&mut vm, -1, &["hostctl-test-health.service"]);
-    let all: Vec<&JournalEntry> = health.iter().collect();
-    assert!(
-        health.iter().any(|e| e.message.trim() == "v3"),
-        "boot 6: the health check did not print v3's marker:\n{}(log: {log})",
-        show(&all)
-    );
-    assert!(
-        health
-            .iter()
-            .any(|e| e.message.contains("hostctl.deploy=") && e.message.contains(&v3)),
-        "boot 6: the kernel command line does not name v3's deployment:\n{}(log: {log})",
-        show(&all)
-    );
-    assert!(
-        health.iter().any(JournalEntry::is_failure),
-        "boot 6: the health check did not fail:\n{}(log: {log})",
-        show(&all)
-    );
-    assert!(
-        v3_boot.iter().any(|e| e.unit == "hostctl-mark-bad.service"),
-        "boot 6: hostctl-mark-bad.service never ran:\n{}(log: {log})",
-        show(&v3_boot.iter().collect::<Vec<_>>())
+    if let Err(e) = broken_boot_problem(&health, &v3_boot, &v3) {
+        panic!("boot 6 (v3): {e}(log: {})", vm.serial_log.display());
+    }
+    eprintln!(
+        "    boot 6 (v3), from its journal: the health check printed v3's marker and a kernel \
+         command line naming v3's deployment, then failed; hostctl-mark-bad.service ran"
     );
     let st = guest_status(&mut vm);
     assert_eq!(
@@ -765,28 +802,130 @@ fn pieces_blessed_names_have_no_counter() {
     ] {
         assert_eq!(entry_base(name), blessed, "{name}");
     }
-    // The check accepts exactly `NAME.conf` among the files of the entry.
-    let files = |listing: &str| -> Vec<String> {
-        listing
-            .lines()
-            .filter(|f| entry_base(f) == blessed)
-            .map(str::to_string)
-            .collect()
-    };
-    let want = vec![format!("{blessed}.conf")];
+    // What boot 1 of a real run showed: selected with its counter, the
+    // file blessed since.
+    let csum = "0123456789ab".to_string() + &"0".repeat(52);
+    let selected = format!("{blessed}+3.conf");
+    let other = "hostctl-debian-ba9876543210.0-1a2b3c4d+3.conf";
     assert_eq!(
-        files("hostctl-debian-0123456789ab.0-1a2b3c4d.conf\nhostctl-debian-ba9876543210.0-1a2b3c4d+3.conf"),
-        want
+        blessed_entry(&selected, &csum, &format!("{blessed}.conf\n{other}\n")),
+        Ok(blessed.to_string())
     );
-    assert_ne!(
-        files("hostctl-debian-0123456789ab.0-1a2b3c4d+2-1.conf"),
-        want
+    // Blessing broke: the counter systemd-boot left is still there.
+    let e = blessed_entry(&selected, &csum, &format!("{blessed}+2-1.conf\n{other}\n")).unwrap_err();
+    assert!(e.contains("not blessed") && e.contains("+2-1.conf"), "{e}");
+    // Two files for the entry, or none.
+    let two = format!("{blessed}.conf\n{blessed}+2-1.conf\n");
+    assert!(blessed_entry(&selected, &csum, &two).is_err());
+    assert!(blessed_entry(&selected, &csum, other).is_err());
+    // systemd-boot booted another deployment's entry.
+    let e = blessed_entry(other, &csum, &format!("{blessed}.conf\n")).unwrap_err();
+    assert!(e.contains("not the one of"), "{e}");
+}
+
+fn entry(unit: &str, priority: u8, message: &str, message_id: &str) -> JournalEntry {
+    JournalEntry {
+        unit: unit.into(),
+        priority: Some(priority),
+        message: message.into(),
+        message_id: message_id.into(),
+        unit_result: None,
+    }
+}
+
+#[test]
+fn pieces_shutdown_check_fails_on_errors_failures_and_missing_stops() {
+    let publish = "hostctl-publish-entries.service";
+    let finalize = "ostree-finalize-staged.service";
+    let good = vec![
+        entry(
+            publish,
+            6,
+            "Stopping Publish OSTree deployments...",
+            MSG_UNIT_STOPPING,
+        ),
+        entry(
+            finalize,
+            6,
+            "Stopping OSTree Finalize Staged Deployment...",
+            MSG_UNIT_STOPPING,
+        ),
+        entry(finalize, 6, "Bootloader updated; bootconfig swap: yes", ""),
+    ];
+    assert_eq!(shutdown_problem(&good, true), Ok(()));
+    // An error from hostctl's publish.
+    let mut bad = good.clone();
+    bad.push(entry(publish, 3, "error: publishing entries", ""));
+    let e = shutdown_problem(&bad, true).unwrap_err();
+    assert!(e.contains("error: publishing entries"), "{e}");
+    // A failed ExecStop: systemd says so as a warning.
+    let mut bad = good.clone();
+    let mut failed = entry(
+        publish,
+        4,
+        "hostctl-publish-entries.service: Failed with result 'exit-code'.",
+        MSG_UNIT_FAILURE_RESULT,
     );
-    assert_ne!(
-        files("hostctl-debian-0123456789ab.0-1a2b3c4d.conf\nhostctl-debian-0123456789ab.0-1a2b3c4d+2-1.conf"),
-        want
+    failed.unit_result = Some("exit-code".into());
+    bad.push(failed);
+    assert!(shutdown_problem(&bad, true)
+        .unwrap_err()
+        .contains("exit-code"));
+    // A journal that does not reach the shutdown (or a unit never stopped).
+    let e = shutdown_problem(&good[2..], true).unwrap_err();
+    assert!(
+        e.contains("no stop of hostctl-publish-entries.service"),
+        "{e}"
     );
-    assert_ne!(files(""), want);
+    let e = shutdown_problem(&good[..1], true).unwrap_err();
+    assert!(
+        e.contains("no stop of ostree-finalize-staged.service"),
+        "{e}"
+    );
+    assert_eq!(shutdown_problem(&good[..1], false), Ok(()));
+}
+
+#[test]
+fn pieces_broken_boot_must_show_v3_failing() {
+    let v3 = "3".repeat(64);
+    let unit = "hostctl-test-health.service";
+    let health = vec![
+        entry(unit, 6, "v3", ""),
+        entry(
+            unit,
+            6,
+            &format!(
+                "root=LABEL=root rw ostree=/ostree/boot.1/debian/b/0 hostctl.deploy=debian/{v3}.0"
+            ),
+            "",
+        ),
+        entry(unit, 3, "Failed to start A health check that fails.", ""),
+    ];
+    let boot = vec![entry(
+        "hostctl-mark-bad.service",
+        6,
+        "Starting Mark this boot's entry bad...",
+        "",
+    )];
+    assert_eq!(broken_boot_problem(&health, &boot, &v3), Ok(()));
+    // v1 booted instead (its marker, its deployment on the command line).
+    let mut v1 = health.clone();
+    v1[0].message = "v1".into();
+    assert!(broken_boot_problem(&v1, &boot, &v3)
+        .unwrap_err()
+        .contains("marker"));
+    let mut v1 = health.clone();
+    v1[1].message = format!("hostctl.deploy=debian/{}.0", "1".repeat(64));
+    assert!(broken_boot_problem(&v1, &boot, &v3)
+        .unwrap_err()
+        .contains("command line"));
+    // The health check passed, or mark-bad never ran.
+    assert!(broken_boot_problem(&health[..2], &boot, &v3)
+        .unwrap_err()
+        .contains("did not fail"));
+    assert!(broken_boot_problem(&health, &[], &v3)
+        .unwrap_err()
+        .contains("never ran"));
 }
 
 #[test]
