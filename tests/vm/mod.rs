@@ -133,7 +133,12 @@ impl Vm {
             .expect("typing into the guest console");
         let out = self.wait_for(&format!("__HOSTCTL_END_{n}__ "), Duration::from_secs(600));
         let status = self.wait_for("\n", Duration::from_secs(10));
-        let code: i32 = status.trim().parse().unwrap_or(-1);
+        let code = parse_status(&status).unwrap_or_else(|e| {
+            panic!(
+                "guest command `{cmd}`: {e}\noutput so far:\n{out}\n(log: {})",
+                self.serial_log.display()
+            )
+        });
         self.wait_for(PROMPT_END, Duration::from_secs(30));
         let out = out
             .trim_end_matches(&format!("__HOSTCTL_END_{n}__ "))
@@ -188,6 +193,20 @@ impl Vm {
             "the guest did not power off within {timeout:?} (log: {})",
             self.serial_log.display()
         );
+    }
+}
+
+/// The exit status echoed after the end marker: `$?`, a number from 0 to
+/// 255, alone up to the end of the line. Anything else (console noise mixed
+/// into the line, a cut-off line) is an error naming what was seen, never a
+/// "non-zero" status that a check for failure would accept.
+pub fn parse_status(line: &str) -> Result<i32, String> {
+    let t = line.trim();
+    match t.parse::<u8>() {
+        Ok(code) if t.bytes().all(|b| b.is_ascii_digit()) => Ok(code.into()),
+        _ => Err(format!(
+            "unreadable exit status {line:?} after the end marker"
+        )),
     }
 }
 
