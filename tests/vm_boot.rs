@@ -91,13 +91,33 @@ fn test_treefile_with(work: &Path, version: &str, broken: bool) -> PathBuf {
     tf
 }
 
+/// The build pipeline's key pair, made once next to the repository:
+/// (secret, public). Every version is signed; the image trusts the key.
+fn signing_key(repo: &Path) -> (PathBuf, PathBuf) {
+    let dir = repo.parent().unwrap().join("keys");
+    let (secret, public) = (dir.join("build.secret"), dir.join("build.pub"));
+    if !secret.exists() {
+        fs::create_dir_all(&dir).unwrap();
+        hostctl(&[
+            "key",
+            "generate",
+            "--output",
+            dir.join("build").to_str().unwrap(),
+        ]);
+    }
+    (secret, public)
+}
+
 fn compose(repo: &Path, tf: &Path) -> String {
     let t = Instant::now();
+    let (secret, _) = signing_key(repo);
     hostctl(&[
         "compose",
         "tree",
         "--repo",
         repo.to_str().unwrap(),
+        "--sign-key",
+        secret.to_str().unwrap(),
         tf.to_str().unwrap(),
     ]);
     let c = sh(&format!(
@@ -581,6 +601,8 @@ fn boots_upgrades_and_rolls_back_in_qemu() {
         "console=ttyS0,115200",
         "--remote-url",
         "file:///mnt/updates/repo",
+        "--verify-key",
+        signing_key(&repo).1.to_str().unwrap(),
     ]);
     eprintln!("    image built in {:.0?}", t.elapsed());
 
@@ -589,6 +611,10 @@ fn boots_upgrades_and_rolls_back_in_qemu() {
     check_good_boot(&mut vm, "boot 1 (v1)", "v1", &v1);
     let text = vm.run("hostctl status");
     assert!(text.contains(&v1_version), "{text}");
+    assert!(
+        text.contains("Signature: verified, key"),
+        "the image's deployment is not verified against the build key: {text}"
+    );
 
     step("3. change a file in /etc, create one in /var");
     vm.run("echo 'setting = changed on the host' > /etc/hostctl-test.conf");
@@ -607,7 +633,11 @@ fn boots_upgrades_and_rolls_back_in_qemu() {
     vm.run("mkdir -p /mnt/updates && mount -o ro /dev/vdb /mnt/updates");
     let check = vm.run("hostctl upgrade --check");
     assert!(check.contains(&v2), "{check}");
-    vm.run("hostctl upgrade");
+    let up = vm.run("hostctl upgrade");
+    assert!(
+        up.contains("is signed by key"),
+        "the upgrade did not check v2's signature: {up}"
+    );
     let st = guest_status(&mut vm);
     let staged: Vec<_> = st["deployments"]
         .as_array()
