@@ -65,6 +65,11 @@ http {{
             .arg(&conf_path)
             .arg("-p")
             .arg(dir.path())
+            // A worker that outlived the test must not hold the test
+            // runner's output open (test.sh waits for it through tee).
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .spawn()
             .expect("starting nginx");
         let server = Nginx { child, port, dir };
@@ -75,6 +80,19 @@ http {{
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         panic!("nginx did not start");
+    }
+
+    /// Pids of the master's workers.
+    fn workers(&self) -> Vec<String> {
+        let out = Command::new("pgrep")
+            .arg("-P")
+            .arg(self.child.id().to_string())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 
     fn log(&self) -> PathBuf {
@@ -99,8 +117,11 @@ http {{
 }
 
 impl Drop for Nginx {
+    /// SIGTERM, not SIGKILL: the master then stops its workers; a killed
+    /// master leaves them running, serving the port and holding files.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         let _ = self.child.wait();
     }
 }
@@ -236,6 +257,16 @@ fn a_published_repository_serves_signed_updates_as_small_deltas() {
         sent * 2 < whole,
         "no better than fetching the whole commit ({whole})"
     );
+    // Stopping the server stops its workers too: none may outlive a test.
+    let workers = server.workers();
+    assert!(!workers.is_empty(), "nginx runs workers");
+    drop(server);
+    for w in workers {
+        assert!(
+            !Path::new(&format!("/proc/{w}")).exists(),
+            "nginx worker {w} outlived its server"
+        );
+    }
 }
 
 #[test]
