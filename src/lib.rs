@@ -16,8 +16,8 @@
 //! Imports go one way: `cli` → verbs (`host`, `compose`, `image`) →
 //! mechanisms (`bootloader`, `host` internals) → `format` → `util`. The
 //! sides the next features add get folders of their own beside these:
-//! `publish` grows serving (deltas, summary, pruning), `agent` (the update agent and
-//! health checks) and `containers` (container hosts).
+//! `agent` (the update agent and health checks) and `containers`
+//! (container hosts).
 
 pub mod bootloader;
 pub mod cli;
