@@ -230,6 +230,15 @@ fn hosts_accept_only_commits_signed_by_a_trusted_key() {
         (st[0].checksum.as_str(), st[1].checksum.as_str()),
         (c2.as_str(), c1.as_str())
     );
+    // An older signed version the host never pulled: `deploy` fetches the
+    // history without contents and must find that commit's signature too.
+    let c3 = fx.build.commit("stable", "3.0", T0 + 200, &files("3.0"));
+    fx.build.sign(&c3, &a_secret);
+    let c4 = fx.build.commit("stable", "4.0", T0 + 300, &files("4.0"));
+    fx.build.sign(&c4, &a_secret);
+    hostctl_ok(fx.sysroot(), &["upgrade"]);
+    hostctl_ok(fx.sysroot(), &["deploy", "3.0", "--allow-downgrade"]);
+    assert_eq!(fx.admin_status()[0].checksum, c3);
     fsck(fx.sysroot());
 }
 
