@@ -16,14 +16,12 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{assert_no_glib_noise, assert_same, fingerprint, run_hostctl};
+use common::{
+    assert_no_glib_noise, assert_same, fingerprint, hostctl_cmd, ok, rev_parse, run_hostctl,
+    stderr, write, ComposeDir,
+};
 
 const KVER: &str = "6.1.0-99-amd64";
-
-fn write(p: &Path, content: &str) {
-    fs::create_dir_all(p.parent().unwrap()).unwrap();
-    fs::write(p, content).unwrap();
-}
 
 /// A small merged-/usr tree with a (fake) kernel, no packages.
 fn make_base(dir: &Path) {
@@ -47,34 +45,26 @@ fn make_base(dir: &Path) {
     );
 }
 
-struct Fx {
-    dir: tempfile::TempDir,
+/// A compose directory holding a base and one commit on ref `r`.
+struct Fx(ComposeDir);
+
+impl std::ops::Deref for Fx {
+    type Target = ComposeDir;
+    fn deref(&self) -> &ComposeDir {
+        &self.0
+    }
 }
 
 impl Fx {
-    /// A base and a repository holding one commit on ref `r`.
     fn new() -> Fx {
-        let fx = Fx {
-            dir: tempfile::tempdir().unwrap(),
-        };
+        let fx = Fx(ComposeDir::new());
         make_base(&fx.p("base"));
         let tf = fx.treefile("good.toml", "ref = \"r\"\nbase = \"base\"\n");
-        ok(&fx.compose(&tf));
+        ok(fx.compose(&tf));
         fx
     }
-    fn p(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-    fn repo(&self) -> PathBuf {
-        self.p("repo")
-    }
-    fn treefile(&self, name: &str, body: &str) -> PathBuf {
-        let p = self.p(name);
-        write(&p, body);
-        p
-    }
     fn compose_cmd(&self, repo: &Path, treefile: &Path) -> Command {
-        let mut cmd = Command::new(common::hostctl_bin());
+        let mut cmd = hostctl_cmd();
         cmd.args(["compose", "tree", "--repo"])
             .arg(repo)
             .arg(treefile);
@@ -84,28 +74,8 @@ impl Fx {
         run_hostctl(&mut self.compose_cmd(&self.repo(), treefile))
     }
     fn rev_parse(&self, refname: &str) -> Option<String> {
-        let out = Command::new("ostree")
-            .arg(format!("--repo={}", self.repo().display()))
-            .args(["rev-parse", refname])
-            .output()
-            .unwrap();
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        rev_parse(&self.repo(), refname)
     }
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "failed: {}\n{}",
-        out.status,
-        stderr(out)
-    );
 }
 
 /// Compose `body` (ref `r`), expect exit 1 with `expect` in the message,
@@ -169,7 +139,7 @@ fn a_tree_that_cannot_boot_is_refused_before_the_ref_moves() {
         "nokernel.toml",
         "ref = \"r\"\nbase = \"base\"\nremove-files = [\"/usr/lib/modules\"]\n",
     );
-    ok(&fx.compose(&tf));
+    ok(fx.compose(&tf));
 }
 
 #[test]
@@ -216,7 +186,7 @@ fn special_files_in_a_base_are_named_by_their_path_in_the_base() {
         .status()
         .unwrap()
         .success());
-    ok(&fx.compose(&tf));
+    ok(fx.compose(&tf));
 }
 
 #[test]
@@ -316,7 +286,7 @@ fn a_second_compose_of_a_ref_waits_for_the_first() {
         &format!("ref = \"{refname}\"\nbase = \"base\"\noverlays = [\"ov\"]\n"),
     );
     write(&fx.p("ov/etc/motd"), "one\n");
-    ok(&fx.compose(&tf));
+    ok(fx.compose(&tf));
     let first = fx.rev_parse(refname).unwrap();
 
     // Another compose holds the lock (flock(1) stands in for it); it says

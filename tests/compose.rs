@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::os::unix::fs::{chown, symlink, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 mod common;
@@ -28,17 +28,6 @@ fn ostree(repo: &Path, args: &[&str]) -> String {
         .expect("running ostree");
     assert!(out.status.success(), "ostree {args:?}: {}", stderr(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn rev_parse(repo: &Path, refname: &str) -> Option<String> {
-    let out = Command::new("ostree")
-        .arg(format!("--repo={}", repo.display()))
-        .args(["rev-parse", refname])
-        .output()
-        .unwrap();
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// The `hostctl.inputhash` a commit records: 64 hex digits.
@@ -139,32 +128,16 @@ fn make_base(dir: &Path) {
     );
 }
 
-struct Fixture {
-    dir: tempfile::TempDir,
-}
-
-impl Fixture {
-    fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        make_base(&dir.path().join("base"));
-        Fixture { dir }
-    }
-    fn p(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-    fn repo(&self) -> PathBuf {
-        self.p("repo")
-    }
-    fn treefile(&self, name: &str, body: &str) -> PathBuf {
-        let p = self.p(name);
-        write(&p, body);
-        p
-    }
+/// A compose directory with `make_base` in `base/`.
+fn fixture() -> ComposeDir {
+    let f = ComposeDir::new();
+    make_base(&f.p("base"));
+    f
 }
 
 #[test]
 fn composes_a_deployable_tree_from_base_overlays_scripts_and_units() {
-    let f = Fixture::new();
+    let f = fixture();
     write(&f.p("ov1/etc/app.conf"), "setting = overlay\n");
     write(&f.p("ov1/usr/share/doc/junk.txt"), "remove me\n");
     write(&f.p("ov1/usr/share/doc/keep.md"), "keep me\n");
@@ -361,7 +334,7 @@ automatic-version-prefix = "7"
 
 #[test]
 fn versions_advance_and_parents_chain_and_noop_is_detected() {
-    let f = Fixture::new();
+    let f = fixture();
     write(&f.p("ov/etc/motd"), "one\n");
     let tf = f.treefile(
         "t.toml",
@@ -425,7 +398,7 @@ fn versions_advance_and_parents_chain_and_noop_is_detected() {
 
 #[test]
 fn tarball_bases_give_the_same_tree_as_a_directory() {
-    let f = Fixture::new();
+    let f = fixture();
     let tf_dir = f.treefile("dir.toml", "ref = \"from-dir\"\nbase = \"base\"\n");
     ok(compose(&f.repo(), &tf_dir, &[]));
     let want = ostree(&f.repo(), &["ls", "-RCX", "from-dir"]);
@@ -482,7 +455,7 @@ fn tarball_bases_give_the_same_tree_as_a_directory() {
 
 /// Everything a failed compose could leave behind: the ref, repo objects and
 /// temporary files, the work directory, the current directory.
-fn snapshot(f: &Fixture) -> Vec<String> {
+fn snapshot(f: &ComposeDir) -> Vec<String> {
     let mut out = Vec::new();
     for root in [f.repo(), f.p("work")] {
         for e in walkdir::WalkDir::new(&root).sort_by_file_name() {
@@ -498,7 +471,7 @@ fn snapshot(f: &Fixture) -> Vec<String> {
 
 #[test]
 fn failures_name_the_cause_and_leave_nothing_behind() {
-    let f = Fixture::new();
+    let f = fixture();
     fs::create_dir(f.p("work")).unwrap();
     let tf = f.treefile("good.toml", "ref = \"r\"\nbase = \"base\"\n");
     ok(compose(&f.repo(), &tf, &[]));
@@ -550,7 +523,7 @@ fn failures_name_the_cause_and_leave_nothing_behind() {
 
 #[test]
 fn a_failed_first_compose_creates_no_repo() {
-    let f = Fixture::new();
+    let f = fixture();
     let tf = f.treefile(
         "t.toml",
         "ref = \"r\"\nbase = \"base\"\npostprocess = [\"exit 1\"]\n",
@@ -565,7 +538,7 @@ fn a_failed_first_compose_creates_no_repo() {
 
 #[test]
 fn unmerged_usr_is_merged_and_conflicts_are_refused() {
-    let f = Fixture::new();
+    let f = fixture();
     let b = f.p("unmerged");
     fs::create_dir_all(b.join("usr/bin")).unwrap();
     fs::create_dir_all(b.join("bin")).unwrap();
@@ -599,7 +572,7 @@ fn unmerged_usr_is_merged_and_conflicts_are_refused() {
 
 #[test]
 fn includes_merge_with_the_including_file_winning() {
-    let f = Fixture::new();
+    let f = fixture();
     write(&f.p("common/ov/etc/common"), "from common\n");
     f.treefile(
         "common/base.toml",
@@ -634,7 +607,7 @@ fn includes_merge_with_the_including_file_winning() {
 
 #[test]
 fn the_builtin_example_composes() {
-    let f = Fixture::new();
+    let f = fixture();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("treefiles/example.toml");
     ok(compose(&f.repo(), &example, &[]));
     let l = ostree(&f.repo(), &["ls", "-R", "example/x86_64/demo"]);
@@ -648,7 +621,7 @@ fn the_builtin_example_composes() {
 /// match through it: what is outside stays byte for byte.
 #[test]
 fn remove_files_never_follows_a_symlink_out_of_the_tree() {
-    let f = Fixture::new();
+    let f = fixture();
     let outside = tempfile::tempdir().unwrap();
     let canary = outside.path().join("canary");
     write(&canary.join("x"), "must survive\n");
@@ -696,7 +669,7 @@ fn remove_files_never_follows_a_symlink_out_of_the_tree() {
 /// new compose; an untouched rerun is not.
 #[test]
 fn a_mode_or_owner_change_of_a_base_file_is_a_new_compose() {
-    let f = Fixture::new();
+    let f = fixture();
     let tf = f.treefile("t.toml", "ref = \"r\"\nbase = \"base\"\n");
     let r = &f.repo();
     ok(compose(r, &tf, &[]));
@@ -750,7 +723,7 @@ fn mknod(p: &Path, mode: libc::mode_t, dev: libc::dev_t) {
 /// /var are dropped with a warning naming each; the commit has no trace of them.
 #[test]
 fn special_files_in_var_are_dropped_with_a_warning() {
-    let f = Fixture::new();
+    let f = fixture();
     let spool = f.p("base/var/spool/app");
     fs::create_dir_all(&spool).unwrap();
     mknod(&spool.join("fifo"), libc::S_IFIFO | 0o644, 0);
@@ -798,7 +771,7 @@ fn special_files_in_var_are_dropped_with_a_warning() {
 /// "empty scratch space that is not committed".
 #[test]
 fn tmp_and_run_are_committed_empty() {
-    let f = Fixture::new();
+    let f = fixture();
     write(&f.p("base/tmp/leftover"), "from the base\n");
     write(&f.p("base/tmp/dir/nested"), "from the base\n");
     write(&f.p("base/run/app.pid"), "42\n");
@@ -831,7 +804,7 @@ postprocess = [
 /// entry by entry (type, mode, owner, content, link target) against the base.
 #[test]
 fn systemd_tmpfiles_recreates_var_as_the_tree_had_it() {
-    let f = Fixture::new();
+    let f = fixture();
     let b = f.p("base");
     fs::create_dir_all(b.join("var/log/journal")).unwrap();
     fs::set_permissions(

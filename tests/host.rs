@@ -848,18 +848,7 @@ fn install_and_upgrade_over_http() {
     fx.build.sign(&c1, &secret);
     let server = HttpServer::serve(fx.build.path.parent().unwrap());
     let url = format!("http://127.0.0.1:{}/repo", server.1);
-    hostctl_ok(
-        fx.sysroot(),
-        &[
-            "install",
-            "--repo",
-            &url,
-            "--ref",
-            "stable",
-            "--verify-key",
-            public.to_str().unwrap(),
-        ],
-    );
+    fx.install_verified(&url, "stable", &public);
     assert_eq!(fx.admin_status()[0].checksum, c1);
     let c2 = fx.build.commit("stable", "2.0", T0 + 100, &v_files("2.0"));
     fx.build.sign(&c2, &secret);

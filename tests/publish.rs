@@ -204,18 +204,7 @@ fn a_published_repository_serves_signed_updates_as_small_deltas() {
 
     let server = Nginx::serve(repo.parent().unwrap());
     let url = format!("http://127.0.0.1:{}/repo", server.port);
-    hostctl_ok(
-        fx.sysroot(),
-        &[
-            "install",
-            "--repo",
-            &url,
-            "--ref",
-            "stable",
-            "--verify-key",
-            public.to_str().unwrap(),
-        ],
-    );
+    fx.install_verified(&url, "stable", &public);
     assert_eq!(fx.admin_status()[0].checksum, c1);
 
     let c2 = fx.build.commit("stable", "2.0", T0 + 100, &tree("2.0", 2));

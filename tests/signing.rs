@@ -178,18 +178,7 @@ fn hosts_accept_only_commits_signed_by_a_trusted_key() {
 
     let c1 = fx.build.commit("stable", "1.0", T0, &files("1.0"));
     fx.build.sign(&c1, &a_secret);
-    let out = hostctl_ok(
-        fx.sysroot(),
-        &[
-            "install",
-            "--repo",
-            &fx.build.url(),
-            "--ref",
-            "stable",
-            "--verify-key",
-            a_public.to_str().unwrap(),
-        ],
-    );
+    let out = fx.install_verified(&fx.build.url(), "stable", &a_public);
     assert!(out.contains("signed by key"), "{out}");
     assert_eq!(fx.admin_status()[0].checksum, c1);
 

@@ -61,6 +61,43 @@ pub fn fsck(sysroot: &Path) {
         .arg("fsck"));
 }
 
+/// `ostree rev-parse REF` in `repo`; None when the ref does not resolve.
+pub fn rev_parse(repo: &Path, refname: &str) -> Option<String> {
+    let out = Command::new("ostree")
+        .arg(format!("--repo={}", repo.display()))
+        .args(["rev-parse", refname])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// A scratch directory for compose tests: inputs, treefiles and `repo`.
+pub struct ComposeDir {
+    dir: tempfile::TempDir,
+}
+
+impl ComposeDir {
+    pub fn new() -> Self {
+        ComposeDir {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    pub fn repo(&self) -> PathBuf {
+        self.p("repo")
+    }
+    /// Write a treefile named `name` and return its path.
+    pub fn treefile(&self, name: &str, body: &str) -> PathBuf {
+        let p = self.p(name);
+        write(&p, body);
+        p
+    }
+}
+
 /// An ext4 filesystem in a sparse image file, loop-mounted; unmounted and
 /// detached on drop, also when the test panicked.
 pub struct LoopMount {
@@ -559,6 +596,22 @@ impl Fixture {
             args.push(k);
         }
         hostctl_ok(self.sysroot(), &args)
+    }
+
+    /// Install `branch` from `url`, trusting the keys in `verify_key`.
+    pub fn install_verified(&self, url: &str, branch: &str, verify_key: &Path) -> String {
+        hostctl_ok(
+            self.sysroot(),
+            &[
+                "install",
+                "--repo",
+                url,
+                "--ref",
+                branch,
+                "--verify-key",
+                verify_key.to_str().unwrap(),
+            ],
+        )
     }
 
     pub fn admin_status(&self) -> Vec<AdminEntry> {
