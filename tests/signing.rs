@@ -234,51 +234,27 @@ fn hosts_accept_only_commits_signed_by_a_trusted_key() {
 #[test]
 fn a_network_remote_needs_a_key() {
     let fx = Fixture::new();
-    let before = fingerprint(fx.sysroot());
-    let out = hostctl(
-        fx.sysroot(),
-        &[
-            "install",
-            "--repo",
-            "http://127.0.0.1:9/repo",
-            "--ref",
-            "stable",
-        ],
+    let url = "http://127.0.0.1:9/repo";
+    let install = ["install", "--repo", url, "--ref", "stable"];
+    assert_refused(
+        &fx,
+        &install,
+        &["without a signing key", "--insecure-allow-unsigned"],
     );
-    assert!(!out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains("without a signing key") && err.contains("--insecure-allow-unsigned"),
-        "{err}"
-    );
-    assert_same(
-        &before,
-        &fingerprint(fx.sysroot()),
-        "install refused for want of a key",
-    );
-    // A key file that cannot be read is refused the same way, first.
-    let out = hostctl(
-        fx.sysroot(),
-        &[
-            "install",
-            "--repo",
-            "http://127.0.0.1:9/repo",
-            "--ref",
-            "stable",
-            "--verify-key",
-            "/nonexistent/keys.pub",
-        ],
-    );
-    assert!(
-        stderr(&out).contains("/nonexistent/keys.pub"),
-        "{}",
-        stderr(&out)
-    );
-    assert_same(
-        &before,
-        &fingerprint(fx.sysroot()),
-        "install with a missing key file",
-    );
+    // A key file that cannot be read, or holds no key (a huge line of junk
+    // after a comment), is refused the same way, naming the file and line.
+    let keys = tempfile::tempdir().unwrap();
+    let junk = keys.path().join("junk.pub");
+    fs::write(&junk, format!("# build key\n{}\n", "A".repeat(1 << 20))).unwrap();
+    let junk_at = format!("{}:2", junk.display());
+    for (key, says) in [
+        ("/nonexistent/keys.pub", "/nonexistent/keys.pub"),
+        (junk.to_str().unwrap(), junk_at.as_str()),
+    ] {
+        let mut args = install.to_vec();
+        args.extend(["--verify-key", key]);
+        assert_refused(&fx, &args, &[says]);
+    }
     // A file:// remote may stay unsigned; status says nothing was checked.
     let c1 = fx
         .build

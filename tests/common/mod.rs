@@ -12,19 +12,12 @@ use std::process::{Command, Output};
 
 use sha2::{Digest, Sha256};
 
-/// Run a command and return its stdout, panicking with its stderr on failure.
+/// Run a command and return its stdout, panicking with its output on failure.
 pub fn sh(cmd: &mut Command) -> String {
     let out = cmd
         .output()
         .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    succeeded(out, &format!("{cmd:?}"))
 }
 
 /// Run a shell command line and return its stdout, panicking on failure.
@@ -34,9 +27,13 @@ pub fn shell(cmd: &str) -> String {
 
 /// Require a successful exit and return stdout; show both streams if not.
 pub fn ok(out: Output) -> String {
+    succeeded(out, "command")
+}
+
+fn succeeded(out: Output, what: &str) -> String {
     assert!(
         out.status.success(),
-        "failed: {}\nstdout: {}\nstderr: {}",
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
