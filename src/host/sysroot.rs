@@ -281,10 +281,12 @@ impl Host {
         let deps = self.deployments();
         let roles = self.roles();
         let repo = self.repo();
+        let mut signatures = crate::host::trust::SignatureCheck::new(&repo);
         deps.iter()
             .enumerate()
             .map(|(i, d)| {
                 let checksum = d.csum().to_string();
+                let origin = origin_refspec(d);
                 let role = roles.role(i);
                 let info = crate::format::repo::commit_info(&repo, &checksum).ok();
                 Ok(DeploymentInfo {
@@ -292,7 +294,8 @@ impl Host {
                     id: status::id(&d.osname(), &checksum, d.deployserial()),
                     osname: d.osname().to_string(),
                     serial: d.deployserial(),
-                    origin: origin_refspec(d),
+                    signature: signatures.state(origin.as_deref(), &checksum)?,
+                    origin,
                     version: info.as_ref().and_then(|c| c.version.clone()),
                     timestamp: info.as_ref().map(|c| c.timestamp),
                     booted: role.booted,
@@ -301,38 +304,11 @@ impl Host {
                     default: role.default,
                     rollback: role.rollback,
                     kargs: deployment_kargs(d),
-                    signature: signature_state(&repo, d, &checksum)?,
                     checksum,
                 })
             })
             .collect()
     }
-}
-
-/// The commit's signature checked against the keys of the deployment's
-/// origin remote.
-fn signature_state(
-    repo: &ostree::Repo,
-    d: &ostree::Deployment,
-    checksum: &str,
-) -> Result<status::Signature> {
-    let remote = origin_refspec(d)
-        .and_then(|r| crate::host::origin::Refspec::parse(&r).ok())
-        .and_then(|r| r.remote);
-    let Some(remote) = remote else {
-        return Ok(status::Signature::NotChecked);
-    };
-    let Some(keys) = crate::host::trust::remote_keys(repo, &remote)? else {
-        return Ok(status::Signature::NotChecked);
-    };
-    Ok(
-        match crate::format::sign::verify_commit(repo, checksum, &keys) {
-            Ok(key) => status::Signature::Verified {
-                key: key.to_base64(),
-            },
-            Err(_) => status::Signature::Untrusted,
-        },
-    )
 }
 
 /// The refspec an origin file records, if any.

@@ -13,6 +13,8 @@ use ostree::glib;
 
 use crate::format::keys::REMOTE_ED25519_KEYS;
 use crate::format::sign::{self, PublicKey};
+use crate::host::origin::Refspec;
+use crate::host::status::Signature;
 
 fn group(remote: &str) -> String {
     format!("remote \"{remote}\"")
@@ -79,4 +81,40 @@ pub fn verify_before_pull(
     let signer = sign::verify_commit(source, checksum, &keys)
         .with_context(|| format!("refusing {checksum} of {remote}:{refname}"))?;
     Ok(Some(signer.clone()))
+}
+
+/// Checks deployments' commits against their origin remote's keys, reading
+/// each remote's keys once.
+pub struct SignatureCheck<'r> {
+    repo: &'r ostree::Repo,
+    keys: std::collections::BTreeMap<String, Option<Vec<PublicKey>>>,
+}
+
+impl<'r> SignatureCheck<'r> {
+    pub fn new(repo: &'r ostree::Repo) -> Self {
+        SignatureCheck {
+            repo,
+            keys: Default::default(),
+        }
+    }
+
+    /// The signature state of `checksum`, deployed from `origin` (a refspec).
+    pub fn state(&mut self, origin: Option<&str>, checksum: &str) -> Result<Signature> {
+        let Some(remote) = origin.and_then(|o| Refspec::parse(o).ok()?.remote) else {
+            return Ok(Signature::NotChecked);
+        };
+        if !self.keys.contains_key(&remote) {
+            let keys = remote_keys(self.repo, &remote)?;
+            self.keys.insert(remote.clone(), keys);
+        }
+        let Some(keys) = &self.keys[&remote] else {
+            return Ok(Signature::NotChecked);
+        };
+        Ok(match sign::verify_commit(self.repo, checksum, keys) {
+            Ok(key) => Signature::Verified {
+                key: key.to_base64(),
+            },
+            Err(_) => Signature::Untrusted,
+        })
+    }
 }
