@@ -37,17 +37,6 @@ struct ProbeDir {
 const PROBE_PREFIX: &str = "hostctl-probe-";
 const PROBE_LOCK: &str = "owner.lock";
 
-fn flock(f: &std::fs::File, wait: bool) -> bool {
-    use std::os::fd::AsRawFd;
-    let op = if wait {
-        libc::LOCK_EX
-    } else {
-        libc::LOCK_EX | libc::LOCK_NB
-    };
-    // SAFETY: flock on a file descriptor we own.
-    unsafe { libc::flock(f.as_raw_fd(), op) == 0 }
-}
-
 impl ProbeDir {
     fn new() -> Result<Self> {
         remove_stale_probe_dirs(&std::env::temp_dir());
@@ -58,10 +47,8 @@ impl ProbeDir {
         let path = dir.path().join(PROBE_LOCK);
         let lock =
             std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        if !flock(&lock, true) {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("locking {}", path.display()));
-        }
+        lock.lock()
+            .with_context(|| format!("locking {}", path.display()))?;
         Ok(ProbeDir { dir, _lock: lock })
     }
 
@@ -86,7 +73,8 @@ fn remove_stale_probe_dirs(tmp: &Path) {
             .write(true)
             .open(dir.join(PROBE_LOCK))
         {
-            Ok(f) => flock(&f, false),
+            // Nobody holds the lock: its run is gone.
+            Ok(f) => f.try_lock().is_ok(),
             Err(_) => e
                 .metadata()
                 .and_then(|m| m.modified())
