@@ -76,11 +76,12 @@ fn write_new(path: &Path, text: &str, mode: u32) -> Result<()> {
         .create_new(true)
         .mode(mode)
         .open(path)
-        .with_context(|| {
-            format!(
-                "creating {} (an existing key is never overwritten)",
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => anyhow::anyhow!(
+                "{} exists; an existing key is never overwritten",
                 path.display()
-            )
+            ),
+            _ => anyhow::Error::new(e).context(format!("creating {}", path.display())),
         })?;
     f.write_all(text.as_bytes())
         .and_then(|_| f.sync_all())
