@@ -1,6 +1,6 @@
 //! Composes of real Debian packages from the mirror configured in apt,
 //! checked with independent tools (`ostree`, `lsinitrd`, `dpkg-query`,
-//! `systemd-sysusers`). Downloads are cached in /var/cache/hostctl-test (or
+//! `dpkg --audit`, `apt-get check`, `systemd-sysusers`). Downloads are cached in /var/cache/hostctl-test (or
 //! $HOSTCTL_TEST_CACHE) so reruns do not download again; trees are built under
 //! /var/tmp (not a small tmpfs).
 //!
@@ -207,8 +207,34 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
     let db_pkgs = dpkg_query(&root);
     assert!(db_pkgs.len() > 100, "only {} packages", db_pkgs.len());
     assert_eq!(meta_pkgs, db_pkgs);
-    // What resolve said (and what the input hash covers) is exactly what got
-    // installed.
+    // The installed set is a consistent dependency closure, as apt and dpkg
+    // judge it from the tree's own status file: no unmet Depends or
+    // Pre-Depends (shown to fail with libzstd1 dropped from a copy of the
+    // status file), nothing half-installed.
+    let status = root.join("usr/lib/sysimage/dpkg/status");
+    let check = Command::new("apt-get")
+        .arg("-o")
+        .arg(format!("Dir::State::status={}", status.display()))
+        .arg("check")
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "apt-get check on the tree's dpkg status: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let audit = sh(Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .arg(format!(
+            "--admindir={}",
+            root.join("usr/lib/sysimage/dpkg").display()
+        ))
+        .arg("--audit"));
+    assert!(audit.trim().is_empty(), "dpkg --audit: {audit}");
+    // hostctl's own consistency, not an outside witness: what resolve said
+    // (and so what the input hash covers) is exactly what got installed, or
+    // an unchanged input hash could hide a changed tree.
     let resolved = packages::resolve(&treefile::load(&minimal).unwrap(), &cachedir()).unwrap();
     let mut resolved_pkgs: Vec<Package> = resolved
         .lines()

@@ -699,6 +699,11 @@ fn boots_upgrades_and_rolls_back_in_qemu() {
     check_shutdown(&mut vm, -1, "boot 4, powered off", false);
     vm.run("mkdir -p /mnt/updates && mount -o ro /dev/vdb /mnt/updates");
     vm.run("hostctl upgrade");
+    staged_cannot_be_pinned_and_rollback_discards_it(&mut vm, &v1, &v3);
+    vm.run("hostctl upgrade");
+    let st = guest_status(&mut vm);
+    assert_eq!(st["deployments"][0]["checksum"], v3.as_str(), "{st}");
+    assert_eq!(st["deployments"][0]["staged"], true, "{st}");
     let t = Instant::now();
     vm.send("systemctl reboot");
     // Our reboot, then the one hostctl-mark-bad.service makes in v3's boot.
@@ -786,6 +791,50 @@ fn boots_upgrades_and_rolls_back_in_qemu() {
         .collect();
     assert_eq!(host_order, guest_order, "ostree admin status:\n{admin}");
     eprintln!("\nwhole VM cycle took {:.0?}", started.elapsed());
+}
+
+/// Two promises of cli.md that need a staged deployment, hence a booted
+/// host: `pin` refuses the staged deployment, and `rollback` discards it
+/// (libostree's own status must agree that it is gone, not only hostctl's).
+fn staged_cannot_be_pinned_and_rollback_discards_it(vm: &mut Vm, booted: &str, staged: &str) {
+    let st = guest_status(vm);
+    assert_eq!(st["deployments"][0]["checksum"], staged, "{st}");
+    assert_eq!(st["deployments"][0]["staged"], true, "{st}");
+    let (code, out) = vm.sh("hostctl pin 0");
+    assert!(
+        code != 0 && out.contains("staged"),
+        "pinning the staged deployment: exit {code}: {out}"
+    );
+    let st = guest_status(vm);
+    assert!(
+        st["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["pinned"] == false),
+        "a refused pin pinned something: {st}"
+    );
+
+    let out = vm.run("hostctl rollback");
+    let st = guest_status(vm);
+    let deps = st["deployments"].as_array().unwrap();
+    assert_eq!(deps[0]["checksum"], booted, "rollback: {out}\n{st}");
+    assert!(
+        deps.iter()
+            .all(|d| d["checksum"] != staged && d["staged"] == false),
+        "the staged deployment survived rollback: {st}"
+    );
+    let admin = vm.run("ostree admin status");
+    assert!(
+        !admin.contains(staged) && !admin.contains("staged"),
+        "ostree admin status after rollback:\n{admin}"
+    );
+    let (default, _) = esp_entries(vm);
+    assert!(
+        default.contains(&booted[..12]),
+        "after discarding the staged deployment the ESP default is {default}"
+    );
+    eprintln!("    the staged v3 could not be pinned; rollback discarded it");
 }
 
 // The pieces of the checks above that need no VM, run against what the
