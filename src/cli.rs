@@ -74,7 +74,7 @@ pub enum Command {
     /// Disk images.
     #[command(subcommand)]
     Image(ImageCmd),
-    /// Sign an existing commit with an ed25519 key (adds to its signatures).
+    /// Sign an existing commit with an ed25519 and/or GPG key (adds to its signatures).
     Sign(SignArgs),
     /// Signing keys.
     #[command(subcommand)]
@@ -92,8 +92,14 @@ pub struct SignArgs {
     #[arg(long, default_value = "repo", value_name = "REPO")]
     pub repo: PathBuf,
     /// ed25519 secret key file (from `hostctl key generate`).
-    #[arg(long, value_name = "FILE")]
-    pub key: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "gpg_sign")]
+    pub key: Option<PathBuf>,
+    /// GPG key id to sign with, through libostree (repeatable).
+    #[arg(long = "gpg-sign", value_name = "KEYID")]
+    pub gpg_sign: Vec<String>,
+    /// GnuPG home directory holding the --gpg-sign keys (default: GnuPG's own).
+    #[arg(long, value_name = "DIR", requires = "gpg_sign")]
+    pub gpg_homedir: Option<PathBuf>,
     /// Ref or commit checksum to sign.
     pub rev: String,
 }
@@ -109,9 +115,17 @@ pub struct PublishArgs {
     /// Keep this many commits of each ref (head included); older ones are pruned.
     #[arg(long, value_name = "K")]
     pub keep: Option<usize>,
-    /// Sign the summary (and any head not yet signed by it) with this ed25519 key.
-    #[arg(long, value_name = "FILE")]
-    pub sign_key: Option<PathBuf>,
+    /// Sign the summary (and any head not yet signed by it) with this ed25519
+    /// key (repeatable: during a rotation, every key hosts may trust).
+    #[arg(long = "sign-key", value_name = "FILE")]
+    pub sign_keys: Vec<PathBuf>,
+    /// Sign the summary (and any head not yet signed by it) with this GPG key
+    /// (repeatable).
+    #[arg(long = "gpg-sign", value_name = "KEYID")]
+    pub gpg_sign: Vec<String>,
+    /// GnuPG home directory holding the --gpg-sign keys (default: GnuPG's own).
+    #[arg(long, value_name = "DIR", requires = "gpg_sign")]
+    pub gpg_homedir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -153,6 +167,12 @@ pub struct ComposeTreeArgs {
     /// Sign the new commit with this ed25519 secret key file.
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
+    /// Sign the new commit with this GPG key id, through libostree (repeatable).
+    #[arg(long = "gpg-sign", value_name = "KEYID")]
+    pub gpg_sign: Vec<String>,
+    /// GnuPG home directory holding the --gpg-sign keys (default: GnuPG's own).
+    #[arg(long, value_name = "DIR", requires = "gpg_sign")]
+    pub gpg_homedir: Option<PathBuf>,
     /// The treefile (TOML).
     pub treefile: PathBuf,
 }
@@ -175,8 +195,13 @@ pub struct InstallArgs {
     /// from the remote must be signed by (repeatable).
     #[arg(long = "verify-key", value_name = "FILE")]
     pub verify_keys: Vec<PathBuf>,
-    /// Accept an http(s) remote without --verify-key: anyone who can change
-    /// the repository or the network path then decides what the host boots.
+    /// GPG keyring file (`gpg --export`, binary or armoured) whose keys
+    /// every commit from the remote must be signed by (repeatable).
+    #[arg(long = "gpg-keyring", value_name = "FILE")]
+    pub gpg_keyrings: Vec<PathBuf>,
+    /// Accept an http(s) remote without --verify-key or --gpg-keyring: anyone
+    /// who can change the repository or the network path then decides what
+    /// the host boots.
     #[arg(long)]
     pub insecure_allow_unsigned: bool,
 }
@@ -302,7 +327,11 @@ pub struct ImageBuildArgs {
     /// (repeatable); the image's own commit is verified with them too.
     #[arg(long = "verify-key", value_name = "FILE")]
     pub verify_keys: Vec<PathBuf>,
-    /// Accept an http(s) --remote-url without --verify-key.
+    /// GPG keyring file the host verifies every commit against
+    /// (repeatable); the image's own commit is verified with it too.
+    #[arg(long = "gpg-keyring", value_name = "FILE")]
+    pub gpg_keyrings: Vec<PathBuf>,
+    /// Accept an http(s) --remote-url without --verify-key or --gpg-keyring.
     #[arg(long)]
     pub insecure_allow_unsigned: bool,
 }
@@ -367,13 +396,17 @@ pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         Command::Sign(a) => crate::publish::sign_existing(&SignOptions {
             repo: a.repo.clone(),
             key: a.key.clone(),
+            gpg_sign: a.gpg_sign.clone(),
+            gpg_homedir: a.gpg_homedir.clone(),
             rev: a.rev.clone(),
         }),
         Command::Publish(a) => crate::publish::serve::prepare(&PrepareOptions {
             repo: a.repo.clone(),
             deltas: a.deltas,
             keep: a.keep,
-            sign_key: a.sign_key.clone(),
+            sign_keys: a.sign_keys.clone(),
+            gpg_sign: a.gpg_sign.clone(),
+            gpg_homedir: a.gpg_homedir.clone(),
         }),
         Command::Key(KeyCmd::Generate { output }) => crate::publish::generate_key(&KeygenOptions {
             output: output.clone(),
@@ -409,6 +442,7 @@ impl From<&InstallArgs> for InstallOptions {
             remote: a.remote.clone(),
             kargs: a.kargs.clone(),
             verify_keys: a.verify_keys.clone(),
+            gpg_keyrings: a.gpg_keyrings.clone(),
             allow_unsigned: a.insecure_allow_unsigned,
         }
     }
@@ -505,6 +539,8 @@ impl From<&ComposeTreeArgs> for ComposeOptions {
             workdir: a.workdir.clone(),
             treefile: a.treefile.clone(),
             sign_key: a.sign_key.clone(),
+            gpg_sign: a.gpg_sign.clone(),
+            gpg_homedir: a.gpg_homedir.clone(),
         }
     }
 }
@@ -519,6 +555,7 @@ impl From<&ImageBuildArgs> for ImageOptions {
             kargs: a.kargs.clone(),
             remote_url: a.remote_url.clone(),
             verify_keys: a.verify_keys.clone(),
+            gpg_keyrings: a.gpg_keyrings.clone(),
             allow_unsigned: a.insecure_allow_unsigned,
         }
     }
