@@ -161,6 +161,16 @@ pub fn probe(
         gio::Cancellable::NONE,
     )
     .with_context(|| format!("configuring temporary remote for {url}"))?;
+    // With keys, a networked remote's ref is taken only from its verified
+    // summary, and exactly that commit is fetched.
+    let pinned = crate::host::trust::verified_head(
+        sysroot_repo,
+        &repo,
+        PROBE_REMOTE,
+        remote,
+        &url,
+        &refspec.branch,
+    )?;
     let flags = if full {
         ostree::RepoPullFlags::NONE
     } else {
@@ -168,7 +178,7 @@ pub fn probe(
     };
     repo.pull_with_options(
         PROBE_REMOTE,
-        &pull_options(&refspec.branch, flags, depth, None),
+        &pull_options(&refspec.branch, flags, depth, pinned.as_deref()),
         None,
         gio::Cancellable::NONE,
     )
@@ -179,11 +189,14 @@ pub fn probe(
             refspec.branch
         )
     })?;
-    let head = repo
-        .resolve_rev(&format!("{PROBE_REMOTE}:{}", refspec.branch), false)
-        .with_context(|| format!("ref {} not found on remote {remote}", refspec.branch))?
-        .with_context(|| format!("ref {} not found on remote {remote}", refspec.branch))?
-        .to_string();
+    let head = match pinned {
+        Some(head) => head,
+        None => repo
+            .resolve_rev(&format!("{PROBE_REMOTE}:{}", refspec.branch), false)
+            .with_context(|| format!("ref {} not found on remote {remote}", refspec.branch))?
+            .with_context(|| format!("ref {} not found on remote {remote}", refspec.branch))?
+            .to_string(),
+    };
     Ok(Probe {
         repo,
         head,
@@ -236,14 +249,14 @@ pub fn pull_into_sysroot(repo: &ostree::Repo, probe: &Probe, checksum: &str) -> 
             return Ok(());
         }
     }
-    if let Some(key) = crate::host::trust::verify_before_pull(
+    if let Some(keys) = crate::host::trust::verify_before_pull(
         repo,
         &probe.repo,
         remote,
         &refspec.branch,
         checksum,
     )? {
-        println!("Commit {checksum} is signed by key {}.", key.to_base64());
+        println!("Commit {checksum} is signed by {keys}.");
     }
     println!("Pulling {checksum} from {remote}:{}...", refspec.branch);
     repo.pull_with_options(
