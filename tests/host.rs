@@ -845,13 +845,16 @@ fn install_and_upgrade_over_http() {
     let keys = tempfile::tempdir().unwrap();
     let (secret, public) = keypair(keys.path(), "build");
     let c1 = fx.build.commit("stable", "1.0", T0, &v_files("1.0"));
-    fx.build.sign(&c1, &secret);
+    // Over a network, with keys, the ref comes only from a signed summary:
+    // publish signs the head and the summary.
+    let sign = ["--sign-key", secret.to_str().unwrap()];
+    fx.build.publish(&sign);
     let server = HttpServer::serve(fx.build.path.parent().unwrap());
     let url = format!("http://127.0.0.1:{}/repo", server.1);
     fx.install_verified(&url, "stable", &public);
     assert_eq!(fx.admin_status()[0].checksum, c1);
     let c2 = fx.build.commit("stable", "2.0", T0 + 100, &v_files("2.0"));
-    fx.build.sign(&c2, &secret);
+    fx.build.publish(&sign);
     let check = hostctl_ok(fx.sysroot(), &["upgrade", "--check"]);
     assert!(check.contains(&c2), "{check}");
     hostctl_ok(fx.sysroot(), &["upgrade"]);

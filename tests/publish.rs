@@ -8,123 +8,13 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
+use std::process::Command;
 
+use common::nginx::Nginx;
 use common::*;
 
 const T0: u64 = 1_700_000_000;
-
-/// nginx serving `root` on 127.0.0.1, logging each request's path and body
-/// bytes to `access.log`; stopped on drop.
-struct Nginx {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Nginx {
-    fn serve(root: &Path) -> Nginx {
-        let dir = tempfile::tempdir().unwrap();
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let d = dir.path().display();
-        let conf = format!(
-            r#"user root;
-worker_processes 1;
-daemon off;
-pid {d}/nginx.pid;
-error_log {d}/error.log;
-events {{}}
-http {{
-  log_format bytes '$uri $status $body_bytes_sent';
-  access_log {d}/access.log bytes;
-  default_type application/octet-stream;
-  client_body_temp_path {d}/body;
-  proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi;
-  scgi_temp_path {d}/scgi;
-  server {{
-    listen 127.0.0.1:{port};
-    root {root};
-    location ~ /(summary|summary\.sig|config)$ {{ add_header Cache-Control "no-cache"; }}
-    location ~ /refs/ {{ add_header Cache-Control "no-cache"; }}
-    location ~ /(objects|deltas)/ {{ add_header Cache-Control "public, max-age=31536000, immutable"; }}
-  }}
-}}
-"#,
-            root = root.display()
-        );
-        let conf_path = dir.path().join("nginx.conf");
-        fs::write(&conf_path, conf).unwrap();
-        let child = Command::new("nginx")
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-p")
-            .arg(dir.path())
-            // A worker that outlived the test must not hold the test
-            // runner's output open (test.sh waits for it through tee).
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("starting nginx");
-        let server = Nginx { child, port, dir };
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return server;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!("nginx did not start");
-    }
-
-    /// Pids of the master's workers.
-    fn workers(&self) -> Vec<String> {
-        let out = Command::new("pgrep")
-            .arg("-P")
-            .arg(self.child.id().to_string())
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.path().join("access.log")
-    }
-
-    /// (path, bytes) of every request since the log was last cleared.
-    fn requests(&self) -> Vec<(String, u64)> {
-        fs::read_to_string(self.log())
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split(' ').collect();
-                Some((f.first()?.to_string(), f.get(2)?.parse().ok()?))
-            })
-            .collect()
-    }
-
-    fn clear_log(&self) {
-        fs::write(self.log(), "").unwrap();
-    }
-}
-
-impl Drop for Nginx {
-    /// SIGTERM, not SIGKILL: the master then stops its workers; a killed
-    /// master leaves them running, serving the port and holding files.
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
 
 /// Deterministic text that compresses about as well as random hex.
 fn noise(seed: u64, len: usize) -> String {
@@ -150,12 +40,6 @@ fn tree(version: &str, changed: u64) -> Files {
         f.insert(format!("usr/share/data/blob{i}"), noise(seed, 1 << 20));
     }
     f
-}
-
-fn publish(build: &BuildRepo, extra: &[&str]) -> String {
-    let mut args = vec!["publish", "--repo", build.path.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    ok(hostctl_run(&args))
 }
 
 /// Content objects of a commit, by checksum, with their size in the
@@ -184,7 +68,7 @@ fn a_published_repository_serves_signed_updates_as_small_deltas() {
     let keys = tempfile::tempdir().unwrap();
     let (secret, public) = keypair(keys.path(), "build");
     let c1 = fx.build.commit("stable", "1.0", T0, &tree("1.0", 1));
-    publish(&fx.build, &["--sign-key", secret.to_str().unwrap()]);
+    fx.build.publish(&["--sign-key", secret.to_str().unwrap()]);
     // The summary is signed in libostree's format; openssl agrees.
     let repo = &fx.build.path;
     let sig = fs::read(repo.join("summary.sig")).unwrap();
@@ -208,10 +92,9 @@ fn a_published_repository_serves_signed_updates_as_small_deltas() {
     assert_eq!(fx.admin_status()[0].checksum, c1);
 
     let c2 = fx.build.commit("stable", "2.0", T0 + 100, &tree("2.0", 2));
-    let out = publish(
-        &fx.build,
-        &["--sign-key", secret.to_str().unwrap(), "--deltas", "1"],
-    );
+    let out = fx
+        .build
+        .publish(&["--sign-key", secret.to_str().unwrap(), "--deltas", "1"]);
     assert!(out.contains("delta from"), "{out}");
     server.clear_log();
     hostctl_ok(fx.sysroot(), &["upgrade"]);
@@ -264,8 +147,8 @@ fn retention_keeps_what_refs_and_deltas_need() {
     let commits: Vec<String> = (0..4)
         .map(|i| build.commit("stable", &format!("1.{i}"), T0 + i * 100, &tree("1", i)))
         .collect();
-    publish(&build, &["--deltas", "3"]);
-    publish(&build, &["--keep", "2", "--deltas", "3"]);
+    build.publish(&["--deltas", "3"]);
+    build.publish(&["--keep", "2", "--deltas", "3"]);
     let has = |c: &str| {
         Command::new("ostree")
             .arg(format!("--repo={}", build.path.display()))
@@ -304,4 +187,210 @@ fn retention_keeps_what_refs_and_deltas_need() {
     ]);
     assert!(!bad.status.success());
     assert!(has(&commits[3]), "--keep 0 is refused and removes nothing");
+}
+
+/// `hostctl upgrade` is refused with every text of `says` on stderr, and
+/// leaves the sysroot byte for byte as it was.
+fn assert_refused(fx: &Fixture, says: &[&str]) {
+    let before = fingerprint(fx.sysroot());
+    let out = hostctl(fx.sysroot(), &["upgrade"]);
+    assert!(!out.status.success(), "the upgrade succeeded");
+    let err = stderr(&out);
+    for s in says {
+        assert!(err.contains(s), "expected {s:?} in:\n{err}");
+    }
+    assert_same(&before, &fingerprint(fx.sysroot()), "a refused upgrade");
+}
+
+/// `summary.sig` with the last byte of its first signature under `key`
+/// flipped: still well-formed, no longer matching.
+fn tamper_summary_sig(repo: &Path, key: &str) {
+    let path = repo.join("summary.sig");
+    let bytes = fs::read(&path).unwrap();
+    let mut sigs = signatures_in(&bytes, key);
+    assert!(!sigs.is_empty(), "no {key} signature to tamper with");
+    *sigs[0].last_mut().unwrap() ^= 1;
+    fs::write(&path, with_signatures(&bytes, key, &sigs)).unwrap();
+}
+
+#[test]
+fn gpg_signed_updates_over_nginx_and_what_hosts_refuse() {
+    let fx = Fixture::new();
+    let a = GpgKey::generate("a");
+    let b = GpgKey::generate("b");
+    let (a_owned, b_owned) = (a.sign_args(), b.sign_args());
+    let a_args: Vec<&str> = a_owned.iter().map(String::as_str).collect();
+    let b_args: Vec<&str> = b_owned.iter().map(String::as_str).collect();
+    let files = |v: &str| deployable(&base_files(v));
+    let repo = fx.build.path.clone();
+
+    let c1 = fx
+        .build
+        .commit_with("stable", "1.0", T0, &files("1.0"), &a_args);
+    fx.build.publish(&a_args);
+    // GnuPG itself agrees with the summary's signature.
+    let sig = fs::read(repo.join("summary.sig")).unwrap();
+    let sigs = signatures_in(&sig, "ostree.gpgsigs");
+    assert_eq!(sigs.len(), 1);
+    assert!(a.gpg_verifies(&repo.join("summary"), &sigs));
+    assert!(!b.gpg_verifies(&repo.join("summary"), &sigs));
+
+    let server = Nginx::serve(repo.parent().unwrap());
+    let url = server.url("repo");
+    let keyring = a.export(false);
+    let out = hostctl_ok(
+        fx.sysroot(),
+        &[
+            "install",
+            "--repo",
+            &url,
+            "--ref",
+            "stable",
+            "--gpg-keyring",
+            keyring.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.contains(&format!(
+            "Summary of origin is signed by GPG key {}",
+            a.fingerprint
+        )),
+        "{out}"
+    );
+    assert_eq!(fx.admin_status()[0].checksum, c1);
+
+    // An unsigned compose, signed when published: accepted.
+    let c2 = fx.build.commit("stable", "2.0", T0 + 100, &files("2.0"));
+    fx.build.publish(&a_args);
+    hostctl_ok(fx.sysroot(), &["upgrade"]);
+    assert_eq!(fx.admin_status()[0].checksum, c2);
+    let json = status_json(fx.sysroot());
+    assert_eq!(
+        json["deployments"][0]["signature"]["gpg-key"],
+        a.fingerprint.as_str()
+    );
+
+    let keyring_file = "origin.trustedkeys.gpg";
+    let c3 = fx
+        .build
+        .commit_with("stable", "3.0", T0 + 200, &files("3.0"), &a_args);
+    // The summary signed by a key the host does not trust.
+    fx.build.publish(&b_args);
+    assert_refused(
+        &fx,
+        &[
+            "the summary",
+            "stable",
+            "origin",
+            "not trusted",
+            keyring_file,
+        ],
+    );
+    // The summary not signed at all, or no summary.
+    fx.build.publish(&[]);
+    assert_refused(&fx, &["the summary is not signed", "stable", keyring_file]);
+    fs::rename(repo.join("summary"), repo.join("summary.away")).unwrap();
+    assert_refused(&fx, &["serves no summary", "stable", "origin"]);
+    fs::rename(repo.join("summary.away"), repo.join("summary")).unwrap();
+    // The trusted key's signature, changed afterwards.
+    fx.build.publish(&a_args);
+    let good_sig = fs::read(repo.join("summary.sig")).unwrap();
+    tamper_summary_sig(&repo, "ostree.gpgsigs");
+    assert_refused(&fx, &["the summary", "does not match", keyring_file]);
+    // A summary listing another commit, with a valid signature of the one
+    // before (what a replay of an old signature looks like).
+    fs::write(repo.join("summary.sig"), &good_sig).unwrap();
+    let good_summary = fs::read(repo.join("summary")).unwrap();
+    let c4 = fx.build.commit("stable", "4.0", T0 + 300, &files("4.0"));
+    sh(Command::new("ostree")
+        .arg(format!("--repo={}", repo.display()))
+        .args(["summary", "-u"]));
+    fs::write(repo.join("summary.sig"), &good_sig).unwrap();
+    assert_refused(&fx, &["the summary", "does not match", keyring_file]);
+    // Back to c3 under a good summary; its commit signatures tampered with.
+    sh(Command::new("ostree")
+        .arg(format!("--repo={}", repo.display()))
+        .args(["reset", "stable", &c3]));
+    fs::write(repo.join("summary"), &good_summary).unwrap();
+    fs::write(repo.join("summary.sig"), &good_sig).unwrap();
+    let meta = fx.build.detached_path(&c3);
+    let signed = fs::read(&meta).unwrap();
+    // Not signed (its signatures removed from the server).
+    fs::remove_file(&meta).unwrap();
+    assert_refused(&fx, &[&c3, "stable", "not signed", keyring_file]);
+    // Signed by another key only.
+    let mut other = [b_args.clone(), vec!["--repo", repo.to_str().unwrap(), &c3]].concat();
+    other.insert(0, "sign");
+    ok(hostctl_run(&other));
+    assert_refused(&fx, &[&c3, "stable", "not trusted", keyring_file]);
+    // The trusted key's signature over another commit.
+    fs::copy(fx.build.detached_path(&c1), &meta).unwrap();
+    assert_refused(&fx, &[&c3, "stable", "does not match", keyring_file]);
+    // Put right, the same upgrade goes through: the refusals were about
+    // the signatures, nothing else.
+    fs::write(&meta, &signed).unwrap();
+    hostctl_ok(fx.sysroot(), &["upgrade"]);
+    assert_eq!(fx.admin_status()[0].checksum, c3);
+    // And the newest head, once published with the key.
+    sh(Command::new("ostree")
+        .arg(format!("--repo={}", repo.display()))
+        .args(["reset", "stable", &c4]));
+    fx.build.publish(&a_args);
+    hostctl_ok(fx.sysroot(), &["upgrade"]);
+    assert_eq!(fx.admin_status()[0].checksum, c4);
+    fsck(fx.sysroot());
+}
+
+#[test]
+fn ed25519_summaries_that_do_not_verify_are_refused() {
+    let fx = Fixture::new();
+    let keys = tempfile::tempdir().unwrap();
+    let (a_secret, a_public) = keypair(keys.path(), "a");
+    let (b_secret, _) = keypair(keys.path(), "b");
+    let a = ["--sign-key", a_secret.to_str().unwrap()];
+    let b = ["--sign-key", b_secret.to_str().unwrap()];
+    let files = |v: &str| deployable(&base_files(v));
+    let repo = fx.build.path.clone();
+    fx.build.commit("stable", "1.0", T0, &files("1.0"));
+    fx.build.publish(&a);
+    let server = Nginx::serve(repo.parent().unwrap());
+    fx.install_verified(&server.url("repo"), "stable", &a_public);
+
+    let key_source = "hostctl.ed25519-keys of remote origin";
+    let c2 = fx.build.commit("stable", "2.0", T0 + 100, &files("2.0"));
+    // Signed by another key (the head too: only the summary is wrong).
+    fx.build.sign(&c2, &a_secret);
+    fx.build.publish(&b);
+    assert_refused(
+        &fx,
+        &[
+            "the summary",
+            "stable",
+            "origin",
+            "none of its 1 signature",
+            key_source,
+        ],
+    );
+    // Not signed.
+    fx.build.publish(&[]);
+    assert_refused(&fx, &["the summary is not signed", "stable", key_source]);
+    // Changed after signing.
+    fx.build.publish(&a);
+    tamper_summary_sig(&repo, "ostree.sign.ed25519");
+    assert_refused(&fx, &["the summary", "none of its 1 signature", key_source]);
+    // Malformed.
+    fs::write(repo.join("summary.sig"), b"not a signature").unwrap();
+    assert_refused(&fx, &["summary.sig is malformed", "stable"]);
+    // During a rotation, signed by both keys: accepted.
+    fx.build.publish(&[a[0], a[1], b[0], b[1]]);
+    let sig = fs::read(repo.join("summary.sig")).unwrap();
+    assert_eq!(signatures_in(&sig, "ostree.sign.ed25519").len(), 2);
+    assert!(openssl_verifies(
+        keys.path(),
+        &a_public,
+        &repo.join("summary"),
+        &signatures_in(&sig, "ostree.sign.ed25519")[0]
+    ));
+    hostctl_ok(fx.sysroot(), &["upgrade"]);
+    assert_eq!(fx.admin_status()[0].checksum, c2);
 }

@@ -35,10 +35,20 @@ pub fn remote_keys(repo: &ostree::Repo, remote: &str) -> Result<Option<Vec<Publi
     let Ok(value) = config.string(&group(remote), REMOTE_ED25519_KEYS) else {
         return Ok(None);
     };
-    let source =
-        format!("key {REMOTE_ED25519_KEYS} of remote {remote} in the sysroot repository's config");
+    let source = format!(
+        "key {REMOTE_ED25519_KEYS} of remote {remote} in {}",
+        repo_dir(repo).join("config").display()
+    );
     let text = value.replace(';', "\n");
     sign::parse_public(&text, &source).map(Some)
+}
+
+/// The repository's directory, for messages: a sysroot's repository is
+/// opened through a file descriptor, and its path reads `/proc/self/fd/N`
+/// until resolved.
+fn repo_dir(repo: &ostree::Repo) -> PathBuf {
+    let path = repo.path().path().unwrap_or_default();
+    std::fs::canonicalize(&path).unwrap_or(path)
 }
 
 /// The remote option's value for `keys`.
@@ -129,8 +139,8 @@ impl RemoteTrust {
             .remote_get_gpg_verify(remote)
             .with_context(|| format!("reading gpg-verify of remote {remote}"))?;
         let gpg_keyring = gpg_on.then(|| {
-            let dir = repo.path().path().unwrap_or_default();
-            dir.join(format!("{remote}.trustedkeys.gpg"))
+            repo_dir(repo)
+                .join(format!("{remote}.trustedkeys.gpg"))
                 .display()
                 .to_string()
         });
