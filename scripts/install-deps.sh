@@ -14,6 +14,9 @@ packages=(
   python3
   # tests: an independent ed25519 implementation to check signatures
   openssl
+  # GPG signing and verification: libostree's gpgme runs gpg, gpg-agent and
+  # gpgconf; the tests make keys and check signatures with gpg itself
+  gnupg
   # tests: serving published repositories (started by the tests on 127.0.0.1)
   nginx-light
   # Debian composes and the initramfs
