@@ -15,6 +15,7 @@ pub mod install;
 pub mod kargs;
 pub mod origin;
 pub mod plan;
+pub mod progress;
 pub mod roles;
 pub mod status;
 pub mod sysroot;
