@@ -296,7 +296,7 @@ fn pull_with_progress(
         )
         .map_err(explain_pull_error)
         .with_context(|| format!("pulling {checksum} of {refspec} into the sysroot repository"));
-    printer.finish();
+    printer.finish(pulled.is_ok());
     pulled
 }
 

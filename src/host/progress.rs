@@ -129,8 +129,9 @@ impl Printer {
         &self.progress
     }
 
-    /// End the line being rewritten and print what was received in all.
-    pub fn finish(self) {
+    /// End the line being rewritten and, after a pull that succeeded, print
+    /// what was received in all (a failed pull's error is its one line).
+    pub fn finish(self, succeeded: bool) {
         self.progress.finish();
         let st = self.state.borrow();
         let reading = Reading::from_progress(&self.progress);
@@ -144,7 +145,11 @@ impl Printer {
         if st.rewrote {
             let _ = write!(err, "\r\x1b[K");
         }
-        let _ = writeln!(err, "{}", reading.summary());
+        // A pull from a local (file://) repository imports objects and
+        // receives nothing over a network: no summary to give.
+        if succeeded && reading != Reading::default() {
+            let _ = writeln!(err, "{}", reading.summary());
+        }
     }
 }
 
