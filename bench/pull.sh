@@ -4,6 +4,8 @@
 # nginx on 127.0.0.1.
 #
 #   bench/pull.sh [PACKAGE]        (default: apt)
+#   BENCH_KEEP=1 bench/pull.sh     keeps the work directory (repositories,
+#                                  sysroot image) for further timing
 #
 # The tree: the files of this machine's installed Debian packages of
 # priority required, important and standard (their /usr and /etc parts,
@@ -24,6 +26,13 @@ hostctl=${CARGO_TARGET_DIR:-$PWD/target}/release/hostctl
 work=$(mktemp -d /var/tmp/hostctl-bench-pull.XXXXXX)
 mnt=$work/mnt
 cleanup() {
+  if [ -n "${BENCH_KEEP:-}" ]; then
+    kill -TERM "$(cat "$work/nginx.pid")" 2>/dev/null || true
+    if mountpoint -q "$mnt"; then umount "$mnt"; fi
+    if [ -n "${loopdev:-}" ]; then losetup -d "$loopdev" || true; fi
+    echo "kept $work (c1=${c1:-} c2=${c2:-})"
+    return
+  fi
   if [ -s "$work/nginx.pid" ]; then
     # SIGTERM: the master stops its workers too.
     kill -TERM "$(cat "$work/nginx.pid")" 2>/dev/null || true

@@ -508,3 +508,83 @@ fn an_interrupted_upgrade_resumes_without_fetching_again_what_arrived() {
         "no summary of what was received:\n{err}"
     );
 }
+
+/// Directories of the static deltas in `repo` (each holds a `superblock`).
+fn delta_dirs(repo: &Path) -> BTreeSet<PathBuf> {
+    walkdir::WalkDir::new(repo.join("deltas"))
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_name() == "superblock")
+        .map(|e| e.path().parent().unwrap().to_path_buf())
+        .collect()
+}
+
+/// A static delta that leaves out a file the commit needs cannot make a
+/// host deploy an incomplete commit: the delta here was made from another
+/// commit that already had v2's files, and is served under the name of
+/// the delta from the host's commit. The pull is completed object by
+/// object before anything is deployed.
+#[test]
+fn a_delta_that_leaves_objects_out_is_completed_before_deploying() {
+    let fx = Fixture::with_size(300);
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, public) = keypair(keys.path(), "build");
+    let sign = ["--sign-key", secret.to_str().unwrap()];
+    fx.build.commit("stable", "1.0", T0, &tree("1.0", 1));
+    publish(&fx.build, &sign);
+    let repo = &fx.build.path;
+    let server = Nginx::serve(repo.parent().unwrap());
+    let url = format!("http://127.0.0.1:{}/repo", server.port);
+    fx.install_verified(&url, "stable", &public);
+
+    // The same files as v2 and one more: the delta from it to v2 carries
+    // directory objects only, none of v2's files.
+    let mut superset = tree("2.0", 2);
+    superset.insert("usr/share/extra".into(), "extra\n".into());
+    let other = fx.build.commit("other", "9.0", T0 + 50, &superset);
+    let c2 = fx.build.commit("stable", "2.0", T0 + 100, &tree("2.0", 2));
+    publish(&fx.build, &[sign[0], sign[1], "--deltas", "1"]);
+    let genuine = delta_dirs(repo);
+    assert_eq!(genuine.len(), 1, "one delta, to stable's head: {genuine:?}");
+    sh(Command::new("ostree")
+        .arg(format!("--repo={}", repo.display()))
+        .args(["static-delta", "generate", "--from", &other, "--to", &c2]));
+    let forged = delta_dirs(repo)
+        .difference(&genuine)
+        .next()
+        .unwrap()
+        .clone();
+    let genuine = genuine.into_iter().next().unwrap();
+    fs::remove_dir_all(&genuine).unwrap();
+    fs::rename(&forged, &genuine).unwrap();
+    // The summary and the delta index anew, so the forged delta is served
+    // as the one from the host's commit.
+    publish(&fx.build, &[sign[0], sign[1], "--deltas", "0"]);
+
+    server.clear_log();
+    let out = hostctl(fx.sysroot(), &["upgrade"]);
+    let err = stderr(&out);
+    ok(out);
+    assert_eq!(fx.admin_status()[0].checksum, c2);
+    fsck(fx.sysroot());
+    let requests = server.requests();
+    assert!(
+        requests.iter().any(|(p, _)| p.contains("/deltas/")),
+        "the upgrade did not try the delta: {requests:?}"
+    );
+    assert!(
+        err.contains("without static deltas"),
+        "the incomplete pull was not reported:\n{err}"
+    );
+    // v2's new file is what the delta left out; it came as a loose object.
+    let blob0 = sh(Command::new("ostree")
+        .arg(format!("--repo={}", repo.display()))
+        .args(["ls", "-C", &c2, "/usr/share/data/blob0"]));
+    let blob0 = blob0.split_whitespace().nth(4).unwrap().to_string();
+    assert!(
+        requests
+            .iter()
+            .any(|(p, _)| object_of(p).as_deref() == Some(blob0.as_str())),
+        "the left-out file was not fetched: {requests:?}"
+    );
+}
