@@ -261,7 +261,12 @@ pub fn pull_into_sysroot(repo: &ostree::Repo, probe: &Probe, checksum: &str) -> 
         repo.mark_commit_partial(checksum, true)
             .with_context(|| format!("marking {checksum} partial again"))?;
         pull_with_progress(repo, remote, refspec, checksum, true)?;
-        check_complete(repo, checksum)?;
+        if let Err(e) = check_complete(repo, checksum) {
+            // Still incomplete: the partial mark keeps the next run from
+            // taking the commit for a whole one and skipping the pull.
+            let _ = repo.mark_commit_partial(checksum, true);
+            return Err(e);
+        }
     }
     Ok(())
 }
