@@ -435,7 +435,7 @@ fn refused_and_failed_operations_leave_the_sysroot_byte_for_byte_unchanged() {
         "the error does not name the missing remote: {}",
         stderr(&out)
     );
-    assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+    assert_eq!(error_lines(&out).len(), 1, "{}", stderr(&out));
     assert_same(
         &before,
         &fingerprint(fx.sysroot()),
@@ -456,7 +456,7 @@ fn refused_and_failed_operations_leave_the_sysroot_byte_for_byte_unchanged() {
     fs::rename(&moved, &fx.build.path).unwrap();
     assert!(!out.status.success());
     assert!(stderr(&out).contains("origin"), "{}", stderr(&out));
-    assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+    assert_eq!(error_lines(&out).len(), 1, "{}", stderr(&out));
     assert_same(
         &before,
         &fingerprint(fx.sysroot()),
@@ -757,7 +757,7 @@ fn a_corrupt_object_or_a_full_disk_leaves_deployments_entries_and_origins_alone(
     fs::write(&objpath, bytes).unwrap();
     let out = hostctl(fx.sysroot(), &["upgrade"]);
     assert!(!out.status.success());
-    assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+    assert_eq!(error_lines(&out).len(), 1, "{}", stderr(&out));
     assert_same(
         &before,
         &boot_state(&fingerprint(fx.sysroot())),
@@ -784,7 +784,7 @@ fn a_corrupt_object_or_a_full_disk_leaves_deployments_entries_and_origins_alone(
     let before_full = boot_state(&fingerprint(fx.sysroot()));
     let out = hostctl(fx.sysroot(), &["upgrade"]);
     assert!(!out.status.success(), "the upgrade fit after all");
-    assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+    assert_eq!(error_lines(&out).len(), 1, "{}", stderr(&out));
     assert_same(
         &before_full,
         &boot_state(&fingerprint(fx.sysroot())),

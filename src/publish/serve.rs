@@ -11,6 +11,7 @@ use ostree::prelude::*;
 
 use crate::format::keys::SIGN_ED25519;
 use crate::format::{gpg, repo, sign};
+use crate::util::human_bytes;
 use crate::Outcome;
 
 /// What `hostctl publish` is asked to do.
@@ -45,14 +46,6 @@ fn dir_size(p: &Path) -> u64 {
         .filter(|m| m.is_file())
         .map(|m| m.len())
         .sum()
-}
-
-fn human(bytes: u64) -> String {
-    match bytes {
-        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
-        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
-        b => format!("{b} B"),
-    }
 }
 
 pub fn prepare(args: &PrepareOptions) -> Result<Outcome> {
@@ -98,7 +91,7 @@ pub fn prepare(args: &PrepareOptions) -> Result<Outcome> {
             .with_context(|| format!("pruning the static deltas of {}", args.repo.display()))?;
         println!(
             "Pruned {pruned} objects ({}), keeping {keep} commit(s) of each ref.",
-            human(size)
+            human_bytes(size)
         );
     }
 
@@ -144,7 +137,7 @@ pub fn prepare(args: &PrepareOptions) -> Result<Outcome> {
                 "{refname}: delta from {} to {}: {}",
                 &from[..12],
                 &head[..12],
-                human(dir_size(&deltas_dir).saturating_sub(before))
+                human_bytes(dir_size(&deltas_dir).saturating_sub(before))
             );
         }
     }

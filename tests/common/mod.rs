@@ -47,6 +47,17 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The lines of a command's stderr that are not a pull's progress lines
+/// (`Receiving: ...`, printed every few seconds while a pull runs): a
+/// failure is reported in one of these.
+pub fn error_lines(out: &Output) -> Vec<String> {
+    stderr(out)
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("Receiving: "))
+        .map(str::to_string)
+        .collect()
+}
+
 /// Write a file, creating its parent directories.
 pub fn write(p: &Path, content: &str) {
     fs::create_dir_all(p.parent().unwrap()).unwrap();

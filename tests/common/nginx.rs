@@ -16,6 +16,11 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn serve(root: &Path) -> Nginx {
+        Nginx::serve_with(root, "")
+    }
+
+    /// With `directives` added to the server block (`limit_rate 64k;`).
+    pub fn serve_with(root: &Path, directives: &str) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -41,6 +46,7 @@ http {{
   server {{
     listen 127.0.0.1:{port};
     root {root};
+    {directives}
     location ~ /(summary|summary\.sig|config)$ {{ add_header Cache-Control "no-cache"; }}
     location ~ /refs/ {{ add_header Cache-Control "no-cache"; }}
     location ~ /(objects|deltas)/ {{ add_header Cache-Control "public, max-age=31536000, immutable"; }}
