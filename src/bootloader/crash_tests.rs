@@ -20,7 +20,7 @@ struct Dep {
     csum: char,
     serial: u32,
     kernel: &'static str,
-    kargs: &'static str,
+    kargs: String,
 }
 
 impl Dep {
@@ -34,7 +34,7 @@ fn dep(csum: char, serial: u32, kernel: &'static str, kargs: &'static str) -> De
         csum,
         serial,
         kernel,
-        kargs,
+        kargs: kargs.to_string(),
     }
 }
 
@@ -65,11 +65,28 @@ fn ostree_state(deps: &[Dep], bootversion: u32) -> (Vec<OstreeEntry>, BTreeMap<S
     (entries, links)
 }
 
-fn write_kernels(boot: &Path, kernels: &[&str]) {
+/// What the kernel files on the simulated `/boot` hold.
+#[derive(Clone, Copy)]
+pub(super) enum Kernels<'a> {
+    /// A few kilobytes of text, different for each kernel: enough for the
+    /// model, which only needs files to exist and copies to be complete.
+    Fake,
+    /// The same bootable kernel image for every kernel, so that real firmware
+    /// can boot any state of the ESP (initramfs images stay junk).
+    Real(&'a Path),
+}
+
+fn write_kernels(boot: &Path, kernels: &[&str], source: Kernels) {
     for k in kernels {
         let dir = boot.join(format!("ostree/debian-{k}"));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("vmlinuz-6.1"), format!("kernel {k} ").repeat(500)).unwrap();
+        let vmlinuz = dir.join("vmlinuz-6.1");
+        match source {
+            Kernels::Fake => std::fs::write(vmlinuz, format!("kernel {k} ").repeat(500)).unwrap(),
+            Kernels::Real(image) => {
+                std::fs::copy(image, vmlinuz).unwrap();
+            }
+        }
         std::fs::write(
             dir.join("initramfs-6.1.img"),
             format!("initramfs {k} ").repeat(900),
@@ -163,6 +180,16 @@ pub(super) struct Transition {
     counters: Vec<(usize, &'static str)>,
 }
 
+impl Transition {
+    /// Appends `extra` to every deployment's kernel arguments, old and new
+    /// alike, so that the transition itself is unchanged.
+    pub(super) fn add_kargs(&mut self, extra: &str) {
+        for d in self.old.iter_mut().chain(&mut self.new) {
+            d.kargs = format!("{} {extra}", d.kargs);
+        }
+    }
+}
+
 /// Where a trial's ESP lives: a directory (what a booted host has mounted)
 /// or a FAT filesystem in an image file written with mtools (what `image
 /// build` uses).
@@ -234,7 +261,7 @@ fn run(t: &Transition) -> usize {
 /// Replays `t` with a crash after every number of writes, changing each
 /// publish's plan by `mutate`; returns how many writes the publish takes.
 fn run_with(t: &Transition, backend: Backend, mutate: &dyn Fn(&mut Plan)) -> usize {
-    let r = Replay::new(t, backend);
+    let r = Replay::new(t, backend, Kernels::Fake);
     for n in 0.. {
         let (esp, crashed) = r.crash_after(n, &r.scratch(&format!("esp-{n}")), mutate);
         let esp = esp.as_ref();
@@ -271,11 +298,11 @@ pub(super) struct Replay {
 }
 
 impl Replay {
-    pub(super) fn new(t: &Transition, backend: Backend) -> Replay {
+    pub(super) fn new(t: &Transition, backend: Backend, kernels: Kernels) -> Replay {
         let work = tempfile::tempdir().unwrap();
         let boot = work.path().join("boot");
         let names: BTreeSet<&str> = t.old.iter().chain(&t.new).map(|d| d.kernel).collect();
-        write_kernels(&boot, &names.into_iter().collect::<Vec<_>>());
+        write_kernels(&boot, &names.into_iter().collect::<Vec<_>>(), kernels);
 
         let (old_entries, old_links) = ostree_state(&t.old, 0);
         let (new_entries, new_links) = ostree_state(&t.new, u32::from(t.new_bootversion));
@@ -326,6 +353,11 @@ impl Replay {
     /// A path in the replay's scratch directory.
     pub(super) fn scratch(&self, name: &str) -> PathBuf {
         self.work.path().join(name)
+    }
+
+    /// The deployment a kernel command line's `ostree=` bootlink leads to.
+    pub(super) fn deployment_of(&self, cmdline: &str) -> Option<&DeployId> {
+        self.links.get(ostree_karg(cmdline)?)
     }
 
     /// The ESP at `at` after a publish (its plan changed by `mutate`) lost
@@ -635,7 +667,7 @@ fn after_bad_entry_upgrade() {
 fn fallback_is_detected() {
     let work = tempfile::tempdir().unwrap();
     let boot = work.path().join("boot");
-    write_kernels(&boot, &["k1", "k2"]);
+    write_kernels(&boot, &["k1", "k2"], Kernels::Fake);
     let deps = [dep('b', 0, "k2", "rw"), dep('a', 0, "k1", "rw")];
     let (entries, _) = ostree_state(&deps, 0);
     let esp_dir = work.path().join("esp");
@@ -678,7 +710,7 @@ fn upgrade_replacing_an_unbooted_default() {
 fn empty_deployment_list_changes_nothing() {
     let work = tempfile::tempdir().unwrap();
     let boot = work.path().join("boot");
-    write_kernels(&boot, &["k1"]);
+    write_kernels(&boot, &["k1"], Kernels::Fake);
     let (entries, _) = ostree_state(&[dep('a', 0, "k1", "rw")], 0);
     let esp_dir = work.path().join("esp");
     std::fs::create_dir(&esp_dir).unwrap();

@@ -1,7 +1,10 @@
 //! The model meets the firmware: Debian 12's real systemd-boot, under QEMU
 //! and OVMF, boots vfat images written with mtools, and the kernel it starts
-//! must be the one `sdboot::default_boot` predicts, on an ESP with sort keys,
-//! versions, counters, a bad entry and a foreign entry.
+//! must be the one `sdboot::default_boot` predicts. Two kinds of ESP: a
+//! hand-made one with sort keys, versions, counters, a bad entry and a
+//! foreign entry; and a sample of the crash replay's intermediate states
+//! (crash_tests.rs), so that what the replay proves against the model holds
+//! for the firmware too.
 //!
 //! Needs qemu-system-x86, ovmf, mtools, dosfstools, systemd-boot-efi and a
 //! bootable x86-64 kernel with an EFI stub: the one in `HOSTCTL_TEST_KERNEL`,
@@ -16,6 +19,7 @@ use std::process::{Command, Stdio};
 use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::crash_tests::{transition, Backend, Kernels, Replay};
 use super::esp::{EspFs, ENTRIES_DIR, LOADER_CONF};
 use super::mtools::MtoolsEsp;
 use super::plan;
@@ -268,4 +272,121 @@ fn model_agrees_with_systemd_boot() {
     assert_eq!(file, "hostctl-b.conf");
     let cmdline = boot_and_check_entry(&img, &file, "fallback");
     assert_eq!(hctest(&cmdline), "B");
+}
+
+/// What the model says a crash state boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Prediction {
+    entry: String,
+    /// The entry's `options`, which carry the bootlink.
+    options: String,
+    deployment: (String, u32),
+}
+
+fn predict(r: &Replay, n: usize, esp: &dyn EspFs) -> Prediction {
+    let deployment = r.booted_after(n, esp).expect("a default");
+    let chosen = sdboot::default_boot(esp).unwrap().unwrap().entry;
+    Prediction {
+        entry: chosen.file_name,
+        options: chosen.options,
+        deployment,
+    }
+}
+
+/// The crash points worth a boot: the first, the last, and the first where
+/// the model's answer differs from the first's (the default moving to
+/// another entry or bootlink), or else the middle one.
+fn sample(predictions: &[Prediction]) -> Vec<usize> {
+    let last = predictions.len() - 1;
+    let moved = (1..=last)
+        .find(|&n| predictions[n] != predictions[0])
+        .unwrap_or(last / 2);
+    let mut points = vec![0, moved, last];
+    points.dedup();
+    points
+}
+
+/// Replays the publish of transition `name` with a crash after each number
+/// of writes on a vfat image holding real kernels, and boots a sample of
+/// the states the crashes leave with systemd-boot: the deployment the
+/// kernel's `ostree=` bootlink leads to must be the model's.
+fn crash_states_boot_as_modelled(name: &str) {
+    let started = Instant::now();
+    let mut t = transition(name);
+    t.add_kargs(CONSOLE);
+    let r = Replay::new(&t, Backend::Mtools, Kernels::Real(kernel()));
+    let none = |_: &mut plan::Plan| {};
+    let scratch = r.scratch("state");
+    let mut predictions = Vec::new();
+    for n in 0.. {
+        let (esp, crashed) = r.crash_after(n, &scratch, &none);
+        if !crashed {
+            break;
+        }
+        predictions.push(predict(&r, n, esp.as_ref()));
+    }
+    assert!(!predictions.is_empty(), "{name}: publishing writes nothing");
+    let points = sample(&predictions);
+    eprintln!(
+        "{name}: {} crash points, booting {points:?} (replay {:.1} s)",
+        predictions.len(),
+        started.elapsed().as_secs_f64()
+    );
+    for n in points {
+        let what = format!("{name}, crash after {n} of {} writes", predictions.len());
+        // A fresh copy of the state for every boot: systemd-boot renames the
+        // entry it boots, which must not leak into the replay.
+        let img = r.scratch(&format!("boot-{n}"));
+        let (esp, _) = r.crash_after(n, &img, &none);
+        let esp = esp.as_ref();
+        let want = predict(&r, n, esp);
+        assert_eq!(want, predictions[n], "{what}: the replay is deterministic");
+        // What `image build` adds to an ESP that publishing does not write;
+        // its loader.conf is the one publishing writes.
+        super::install_systemd_boot(Path::new(SYSTEMD_BOOT_EFI), esp).unwrap();
+        assert_eq!(
+            esp.read_file(LOADER_CONF).unwrap(),
+            Some(plan::loader_conf().into_bytes()),
+            "{what}: loader.conf"
+        );
+        let cmdline = boot_and_check_entry(&img, &want.entry, &what);
+        let got = r
+            .deployment_of(&cmdline)
+            .unwrap_or_else(|| panic!("{what}: no known bootlink in {cmdline}"));
+        assert_eq!(
+            got, &want.deployment,
+            "{what}: systemd-boot booted {cmdline}, the model predicted {want:?}"
+        );
+        eprintln!(
+            "{what}: {} booted {}.{}, as predicted",
+            want.entry,
+            &got.0[..8],
+            got.1
+        );
+        std::fs::remove_file(&img).unwrap();
+    }
+    eprintln!("{name}: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+#[test]
+fn upgrade_crash_states_boot_as_modelled() {
+    crash_states_boot_as_modelled("upgrade");
+}
+
+#[test]
+fn rollback_crash_states_boot_as_modelled() {
+    crash_states_boot_as_modelled("rollback");
+}
+
+/// Old entries whose bootlinks libostree retargeted: the firmware boots the
+/// old entry, and the link takes it to the new deployment.
+#[test]
+fn rollback_retargeting_bootlinks_crash_states_boot_as_modelled() {
+    crash_states_boot_as_modelled("rollback_retargeting_bootlinks");
+}
+
+/// A bad default (`+0-3`) on the ESP throughout the rollback.
+#[test]
+fn after_bad_entry_rollback_made_permanent_crash_states_boot_as_modelled() {
+    crash_states_boot_as_modelled("after_bad_entry_rollback_made_permanent");
 }
