@@ -174,31 +174,42 @@ fn after_one_try(file_name: &str) -> String {
     }
 }
 
-/// Boots `img` and checks the firmware booted `predicted` (an entry file
-/// name): its command line is returned, and on the ESP exactly that entry
-/// used up one try.
-fn boot_and_check_entry(img: &Path, predicted: &str, what: &str) -> String {
+/// The ESP's entry files before and after a boot.
+struct EntryNames {
+    before: Vec<String>,
+    after: Vec<String>,
+}
+
+impl EntryNames {
+    /// Checks that systemd-boot counted a try on `predicted` (an entry file
+    /// name), when that entry counts tries, and renamed nothing else.
+    fn assert_counted(&self, predicted: &str, what: &str) {
+        let mut want: Vec<String> = self
+            .before
+            .iter()
+            .map(|n| {
+                if n == predicted {
+                    after_one_try(n)
+                } else {
+                    n.clone()
+                }
+            })
+            .collect();
+        want.sort();
+        assert_eq!(
+            self.after, want,
+            "{what}: systemd-boot's count of tries shows it did not boot the predicted {predicted}"
+        );
+    }
+}
+
+/// Boots `img`: the kernel's command line, and the entry files around it.
+fn boot_counting(img: &Path, what: &str) -> (String, EntryNames) {
     let esp = MtoolsEsp::new(img, 0);
     let before = entry_names(&esp);
     let cmdline = boot(img, what);
-    let mut want: Vec<String> = before
-        .iter()
-        .map(|n| {
-            if n == predicted {
-                after_one_try(n)
-            } else {
-                n.clone()
-            }
-        })
-        .collect();
-    want.sort();
-    assert_eq!(
-        entry_names(&esp),
-        want,
-        "{what}: systemd-boot's count of tries shows it did not boot the predicted {predicted} \
-         (command line {cmdline})"
-    );
-    cmdline
+    let after = entry_names(&esp);
+    (cmdline, EntryNames { before, after })
 }
 
 fn hand_made_entry(tag: &str, sort_key: Option<&str>, version: u32) -> String {
@@ -261,8 +272,9 @@ fn model_agrees_with_systemd_boot() {
     //    with a higher version and over an entry without sort key.
     let file = predicted_file(&esp);
     assert_eq!(file, "hostctl-a+3.conf");
-    let cmdline = boot_and_check_entry(&img, &file, "counted entry");
+    let (cmdline, names) = boot_counting(&img, "counted entry");
     assert_eq!(hctest(&cmdline), "A");
+    names.assert_counted(&file, "counted entry");
 
     // 2. That entry runs out of tries: the next good one is booted.
     let counted = format!("{ENTRIES_DIR}/{}", after_one_try(&file));
@@ -270,8 +282,9 @@ fn model_agrees_with_systemd_boot() {
         .unwrap();
     let file = predicted_file(&esp);
     assert_eq!(file, "hostctl-b.conf");
-    let cmdline = boot_and_check_entry(&img, &file, "fallback");
+    let (cmdline, names) = boot_counting(&img, "fallback");
     assert_eq!(hctest(&cmdline), "B");
+    names.assert_counted(&file, "fallback");
 }
 
 /// What the model says a crash state boots.
@@ -349,7 +362,7 @@ fn crash_states_boot_as_modelled(name: &str) {
             Some(plan::loader_conf().into_bytes()),
             "{what}: loader.conf"
         );
-        let cmdline = boot_and_check_entry(&img, &want.entry, &what);
+        let (cmdline, names) = boot_counting(&img, &what);
         let got = r
             .deployment_of(&cmdline)
             .unwrap_or_else(|| panic!("{what}: no known bootlink in {cmdline}"));
@@ -357,6 +370,7 @@ fn crash_states_boot_as_modelled(name: &str) {
             got, &want.deployment,
             "{what}: systemd-boot booted {cmdline}, the model predicted {want:?}"
         );
+        names.assert_counted(&want.entry, &what);
         eprintln!(
             "{what}: {} booted {}.{}, as predicted",
             want.entry,
