@@ -33,6 +33,7 @@ pub struct StatusOptions {
     pub json: bool,
     pub booted: bool,
     pub verbose: bool,
+    pub pending_exit_77: bool,
 }
 
 /// What `hostctl upgrade` is asked to do (docs/cli.md describes each option).
@@ -44,6 +45,9 @@ pub struct UpgradeOptions {
     pub allow_downgrade: bool,
     pub unchanged_exit_77: bool,
     pub reboot: bool,
+    /// Commits not to deploy (the agent's list of commits that failed to
+    /// boot here): when the head is one of them, nothing is done.
+    pub skip: Vec<String>,
 }
 
 /// What `hostctl deploy` is asked to do (docs/cli.md describes each option).
@@ -51,6 +55,13 @@ pub struct UpgradeOptions {
 pub struct DeployOptions {
     pub revision: String,
     pub allow_downgrade: bool,
+    pub unchanged_exit_77: bool,
+    pub reboot: bool,
+}
+
+/// What `hostctl rollback` is asked to do (docs/cli.md describes each option).
+#[derive(Debug, Clone, Default)]
+pub struct RollbackOptions {
     pub reboot: bool,
 }
 
@@ -67,6 +78,9 @@ pub struct KargsOptions {
     pub append: Vec<String>,
     pub delete: Vec<String>,
     pub replace: Vec<String>,
+    pub append_if_missing: Vec<String>,
+    pub delete_if_present: Vec<String>,
+    pub unchanged_exit_77: bool,
     pub reboot: bool,
 }
 
@@ -159,6 +173,13 @@ pub fn status(t: &Target, args: &StatusOptions) -> Result<Outcome> {
     } else {
         print!("{}", status::render_text(&deps, args.verbose));
     }
+    // rpm-ostree's meaning: a deployment ahead of the booted one will boot
+    // next. A sysroot that is not running has nothing pending.
+    if !host.roles().pending().is_empty() {
+        return Ok(Outcome::Unchanged {
+            exit_77: args.pending_exit_77,
+        });
+    }
     Ok(Outcome::Done)
 }
 
@@ -204,6 +225,15 @@ pub fn upgrade(t: &Target, args: &UpgradeOptions) -> Result<Outcome> {
         args.preview,
     )?;
     let head = probe.head_info()?;
+    if args.skip.contains(&head.checksum) {
+        println!(
+            "Skipping {}: it failed to boot on this host; waiting for a newer commit.",
+            describe(&head)
+        );
+        return Ok(Outcome::Unchanged {
+            exit_77: args.unchanged_exit_77,
+        });
+    }
     if let Some(outcome) = switch_to(
         &host,
         &refspec,
@@ -270,7 +300,13 @@ pub fn deploy(t: &Target, args: &DeployOptions) -> Result<Outcome> {
     let probe = fetch::probe(&repo, &host.path.join("ostree/repo"), &refspec, -1, false)?;
     let history = probe.history()?;
     let target = plan::select_revision(&history, &args.revision, &refspec.to_string())?.clone();
-    if let Some(outcome) = switch_to(&host, &refspec, &target, args.allow_downgrade, false)? {
+    if let Some(outcome) = switch_to(
+        &host,
+        &refspec,
+        &target,
+        args.allow_downgrade,
+        args.unchanged_exit_77,
+    )? {
         return Ok(outcome);
     }
     fetch::pull_into_sysroot(&repo, &probe, &target.checksum)?;
@@ -312,7 +348,7 @@ pub fn rebase(t: &Target, args: &RebaseOptions) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-pub fn rollback(t: &Target) -> Result<Outcome> {
+pub fn rollback(t: &Target, args: &RollbackOptions) -> Result<Outcome> {
     let host = open_to_change(t)?;
     let deps = host.deployments();
     let order = plan::rollback_order(&host.roles())
@@ -324,14 +360,27 @@ pub fn rollback(t: &Target) -> Result<Outcome> {
         "Rolled back: {} is the default for the next boot.",
         describe(&commit_info(&host.repo(), &new_default.csum())?)
     );
+    maybe_reboot(&host, args.reboot)?;
     Ok(Outcome::Done)
 }
 
 fn kargs_edits(args: &KargsOptions) -> Vec<Edit> {
     // Deletions first, so `--delete quiet --append quiet=1` swaps the value.
     let mut edits: Vec<Edit> = args.delete.iter().cloned().map(Edit::Delete).collect();
+    edits.extend(
+        args.delete_if_present
+            .iter()
+            .cloned()
+            .map(Edit::DeleteIfPresent),
+    );
     edits.extend(args.replace.iter().cloned().map(Edit::Replace));
     edits.extend(args.append.iter().cloned().map(Edit::Append));
+    edits.extend(
+        args.append_if_missing
+            .iter()
+            .cloned()
+            .map(Edit::AppendIfMissing),
+    );
     edits
 }
 
@@ -350,7 +399,9 @@ pub fn kargs(t: &Target, args: &KargsOptions) -> Result<Outcome> {
     let new = kargs::apply(&current, &edits)?;
     if new == current {
         println!("Kernel arguments unchanged.");
-        return Ok(Outcome::Unchanged { exit_77: false });
+        return Ok(Outcome::Unchanged {
+            exit_77: args.unchanged_exit_77,
+        });
     }
     deploy_commit(
         &host,
@@ -444,6 +495,11 @@ pub fn db_diff(t: &Target, args: &DbDiffOptions) -> Result<Outcome> {
 
 /// Where `boot-check` records an automatic rollback, for `hostctl status`.
 const FALLBACK_NOTE: &str = "/var/lib/hostctl/fallback";
+/// Where `boot-check` lists the checksums of commits that failed to boot,
+/// one per line, so the update agent does not stage them again.
+pub const FAILED_COMMITS: &str = "/var/lib/hostctl/failed-commits";
+/// [`FAILED_COMMITS`]'s name inside the agent's state directory.
+pub const FAILED_COMMITS_FILE: &str = "failed-commits";
 
 /// Run early at boot by hostctl-boot-check.service. When systemd-boot booted
 /// an older entry because deployment 0's entry ran out of tries (it is marked
@@ -501,5 +557,12 @@ pub fn boot_check(t: &Target, args: &BootCheckOptions) -> Result<Outcome> {
     }
     std::fs::write(FALLBACK_NOTE, format!("{note}\n"))
         .with_context(|| format!("writing {FALLBACK_NOTE}"))?;
+    let mut failed_list = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(FAILED_COMMITS)
+        .with_context(|| format!("opening {FAILED_COMMITS}"))?;
+    std::io::Write::write_all(&mut failed_list, format!("{}\n", failed.csum()).as_bytes())
+        .with_context(|| format!("writing {FAILED_COMMITS}"))?;
     Ok(Outcome::Done)
 }
