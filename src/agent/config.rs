@@ -500,8 +500,16 @@ group = "web"
         .unwrap();
         let etc =
             layer("[updates]\npolicy = \"stage\"\n[reboot]\nstrategy = \"fleet-lock\"\n").unwrap();
-        let c = merge(&[usr, etc]).unwrap();
+        let c = merge(&[usr.clone(), etc]).unwrap();
         assert_eq!(c.policy, Policy::Stage, "/etc wins");
+        // An /etc that does not set a key leaves every /usr key as it was.
+        let etc_other = layer("[reboot]\nstrategy = \"immediate\"\n").unwrap();
+        let c2 = merge(&[usr.clone(), etc_other]).unwrap();
+        assert_eq!(
+            (c2.policy, c2.interval),
+            (Policy::Check, Duration::from_secs(7200))
+        );
+        assert_eq!(c2.fleet_lock.as_ref().unwrap().url, "http://a");
         assert_eq!(c.interval, Duration::from_secs(7200), "/usr's key kept");
         assert_eq!(c.strategy, Strategy::FleetLock);
         assert_eq!(c.fleet_lock.unwrap().group, "g1");
