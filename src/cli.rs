@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::agent::config::{ETC_CONFIG, USR_CONFIG};
-use crate::agent::run::AgentOptions;
+use crate::agent::health::{ETC_HEALTH_D, USR_HEALTH_D};
+use crate::agent::run::{AgentOptions, HealthOptions};
 use crate::bootloader::{EspTarget, HOST_ESP};
 use crate::compose::tree::ComposeOptions;
 use crate::host::verbs::{
@@ -375,6 +376,19 @@ pub enum InternalCmd {
     /// At boot: if systemd-boot fell back from the default entry because its
     /// boot tries ran out, make the booted deployment the default.
     BootCheck(BootCheckArgs),
+    /// Before boot-complete.target: run the health checks; fail (and record
+    /// why) when one fails, so the boot is marked bad.
+    HealthCheck(HealthCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthCheckArgs {
+    #[command(flatten)]
+    pub common: AgentArgs,
+    /// A health.d directory; later ones replace earlier ones' checks of the
+    /// same name (default: the tree's, then /etc's).
+    #[arg(long = "checks-dir", value_name = "DIR")]
+    pub checks_dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -477,6 +491,19 @@ fn run_command(cli: &Cli, t: &Target) -> anyhow::Result<Outcome> {
             t,
             &BootCheckOptions {
                 esp: cli.esp_or_default(),
+            },
+        ),
+        Command::Internal(InternalCmd::HealthCheck(a)) => crate::agent::run::health_check(
+            t,
+            &HealthOptions {
+                defaults: a.common.defaults.clone(),
+                config: a.common.config.clone(),
+                state_dir: a.common.state_dir.clone(),
+                dirs: if a.checks_dirs.is_empty() {
+                    vec![PathBuf::from(USR_HEALTH_D), PathBuf::from(ETC_HEALTH_D)]
+                } else {
+                    a.checks_dirs.clone()
+                },
             },
         ),
         Command::Internal(InternalCmd::PublishEntries(_)) => {

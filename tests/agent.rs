@@ -453,3 +453,115 @@ fn a_bad_configuration_fails_the_run_naming_file_line_and_key() {
         "{err}"
     );
 }
+
+/// `hostctl internal health-check` with the test's own health.d
+/// directories; returns the output and the failure record, if any.
+fn health_check(agent: &AgentDir, dirs: &[&Path], path: &str) -> (Output, Option<String>) {
+    let mut cmd = Command::new(hostctl_bin());
+    cmd.args([
+        "--sysroot",
+        "/nonexistent",
+        "internal",
+        "health-check",
+        "--config",
+    ])
+    .arg(agent.dir.path().join("hostctl.toml"))
+    .arg("--defaults")
+    .arg(agent.dir.path().join("no-defaults.toml"))
+    .arg("--state-dir")
+    .arg(agent.state());
+    for d in dirs {
+        cmd.arg("--checks-dir").arg(d);
+    }
+    let out = run_hostctl(cmd.env("PATH", path));
+    let record = fs::read_to_string(agent.state().join("health-failure")).ok();
+    let _ = fs::remove_file(agent.state().join("health-failure"));
+    (out, record)
+}
+
+fn script(dir: &Path, name: &str, body: &str) {
+    let p = dir.join(name);
+    fs::create_dir_all(dir).unwrap();
+    fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+    fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn health_checks_pass_or_record_the_first_failure_with_its_output() {
+    let agent = AgentDir::new("[health]\ntimeout = \"2s\"\n");
+    let path = std::env::var("PATH").unwrap();
+    let usr = agent.dir.path().join("usr-health.d");
+    let etc = agent.dir.path().join("etc-health.d");
+    let ran = agent.dir.path().join("ran");
+    script(&usr, "10-ok", &format!("echo 10 >> {}", ran.display()));
+    script(
+        &usr,
+        "20-web",
+        "echo 'curl: (7) connection refused'; echo second >&2; exit 3",
+    );
+    fs::write(usr.join("README"), "not a check\n").unwrap();
+
+    let (out, record) = health_check(&agent, &[&usr, &etc], &path);
+    assert_eq!(out.status.code(), Some(1), "{}", both(&out));
+    assert!(
+        stderr(&out).contains("health check 20-web failed: curl: (7) connection refused"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        record.as_deref(),
+        Some("-\n20-web\ncurl: (7) connection refused\nsecond\n"),
+        "the record names the check and keeps its output"
+    );
+    assert_eq!(
+        fs::read_to_string(&ran).unwrap(),
+        "10\n",
+        "checks run in name order"
+    );
+
+    // /etc replaces the tree's check of the same name: all pass.
+    script(&etc, "20-web", "exit 0");
+    let (out, record) = health_check(&agent, &[&usr, &etc], &path);
+    assert!(out.status.success(), "{}", both(&out));
+    assert_eq!(record, None);
+
+    // A check that hangs is killed at the timeout and fails.
+    script(&etc, "30-hang", "echo waiting; sleep 60");
+    let started = std::time::Instant::now();
+    let (out, record) = health_check(&agent, &[&usr, &etc], &path);
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        record.as_deref(),
+        Some("-\n30-hang\ntimed out after 2s: waiting\n")
+    );
+
+    // Masked by a symlink to /dev/null; then a required unit that is not
+    // active fails the boot (systemctl stands in for the real one).
+    fs::remove_file(etc.join("30-hang")).unwrap();
+    std::os::unix::fs::symlink("/dev/null", etc.join("30-hang")).unwrap();
+    let fake = tempfile::tempdir().unwrap();
+    script(
+        fake.path(),
+        "systemctl",
+        "[ \"$3\" = sshd.service ] && { echo active; exit 0; }; echo failed; exit 3",
+    );
+    let fake_path = format!("{}:{path}", fake.path().display());
+    agent.set_config("[health]\nrequired-units = [\"sshd.service\"]\n");
+    let (out, record) = health_check(&agent, &[&usr, &etc], &fake_path);
+    assert!(out.status.success(), "{}", both(&out));
+    assert_eq!(record, None);
+    agent.set_config("[health]\nrequired-units = [\"sshd.service\", \"web.service\"]\n");
+    let (out, record) = health_check(&agent, &[&usr, &etc], &fake_path);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        record.as_deref(),
+        Some("-\nweb.service\nunit web.service is failed, not active\n")
+    );
+
+    // A broken hostctl.toml does not fail a boot by itself.
+    agent.set_config("[health]\nbogus = 1\n");
+    let (out, _) = health_check(&agent, &[&usr, &etc], &path);
+    assert!(out.status.success(), "{}", both(&out));
+    assert!(stderr(&out).contains("bogus"), "{}", stderr(&out));
+}

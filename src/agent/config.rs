@@ -65,6 +65,10 @@ pub struct Config {
     pub strategy: Strategy,
     pub windows: Vec<Window>,
     pub fleet_lock: Option<FleetLock>,
+    /// Units that must be active for a boot to count as good.
+    pub required_units: Vec<String>,
+    /// How long each health check may run.
+    pub health_timeout: Duration,
 }
 
 impl Default for Config {
@@ -78,6 +82,8 @@ impl Default for Config {
             strategy: Strategy::Immediate,
             windows: Vec::new(),
             fleet_lock: None,
+            required_units: Vec::new(),
+            health_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -106,6 +112,8 @@ pub struct Layer {
     pub windows: Option<Vec<Window>>,
     pub fleet_lock_url: Option<String>,
     pub fleet_lock_group: Option<String>,
+    pub required_units: Option<Vec<String>>,
+    pub health_timeout: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -115,6 +123,14 @@ struct RawFile {
     reboot: Option<RawReboot>,
     #[serde(rename = "fleet-lock")]
     fleet_lock: Option<RawFleetLock>,
+    health: Option<RawHealth>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawHealth {
+    required_units: Option<Vec<Spanned<String>>>,
+    timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -284,6 +300,36 @@ pub fn parse_layer(path: &Path, text: &str) -> Result<Layer> {
             layer.fleet_lock_group = Some(g.into_inner());
         }
     }
+    if let Some(h) = raw.health {
+        if let Some(units) = h.required_units {
+            let mut v = Vec::new();
+            for u in units {
+                let name = u.get_ref();
+                // A unit name, never an option or a path handed to systemctl.
+                let ok = name.contains('.')
+                    && !name.starts_with('-')
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || ":-_.\\@".contains(c));
+                if !ok {
+                    return Err(at(
+                        u.span(),
+                        "health.required-units",
+                        format!("{name:?} is not a unit name (such as sshd.service)"),
+                    ));
+                }
+                v.push(name.clone());
+            }
+            layer.required_units = Some(v);
+        }
+        if let Some(t) = h.timeout {
+            let d = parse_duration(t.get_ref()).map_err(|m| at(t.span(), "health.timeout", m))?;
+            if d.is_zero() {
+                return Err(at(t.span(), "health.timeout", "is zero".to_string()));
+            }
+            layer.health_timeout = Some(d);
+        }
+    }
     Ok(layer)
 }
 
@@ -306,6 +352,10 @@ pub fn merge(layers: &[Layer]) -> Result<Config> {
         if let Some(w) = &l.windows {
             c.windows = w.clone();
         }
+        if let Some(u) = &l.required_units {
+            c.required_units = u.clone();
+        }
+        c.health_timeout = l.health_timeout.unwrap_or(c.health_timeout);
         url = l.fleet_lock_url.clone().or(url);
         group = l.fleet_lock_group.clone().or(group);
     }
@@ -464,6 +514,10 @@ length = "30m"
 [fleet-lock]
 url = "http://lock.example:8080/"
 group = "web"
+
+[health]
+required-units = ["sshd.service", "getty@tty1.service"]
+timeout = "30s"
 "#,
         )
         .unwrap();
@@ -476,6 +530,8 @@ group = "web"
         assert_eq!(c.windows[0].days, vec![Weekday::Saturday, Weekday::Sunday]);
         assert_eq!(c.windows[0].start, Time::new(23, 30, 0, 0).unwrap());
         assert_eq!(c.windows[1].length, Duration::from_secs(1800));
+        assert_eq!(c.required_units, vec!["sshd.service", "getty@tty1.service"]);
+        assert_eq!(c.health_timeout, Duration::from_secs(30));
         assert_eq!(
             c.fleet_lock,
             Some(FleetLock {
@@ -555,6 +611,13 @@ group = "web"
                 "8d",
             ),
             ("[fleet-lock]\nurl = \"ftp://x\"\n", 2, "fleet-lock.url", "ftp://x"),
+            (
+                "[health]\nrequired-units = [\n  \"--force\",\n]\n",
+                3,
+                "health.required-units",
+                "--force",
+            ),
+            ("[health]\ntimeout = \"0s\"\n", 2, "health.timeout", "zero"),
         ] {
             let e = err(text);
             let want = format!("/etc/hostctl/hostctl.toml:{line}: key `{key}`");

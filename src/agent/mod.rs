@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod fleetlock;
+pub mod health;
 pub mod reboot_required;
 pub mod run;
 pub mod window;

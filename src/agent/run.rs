@@ -17,7 +17,7 @@ use jiff::Timestamp;
 
 use super::config::{self, Config, Policy, Strategy};
 use super::fleetlock::{self, Answer, Op};
-use super::{reboot_required, window};
+use super::{health, reboot_required, window};
 use crate::host::sysroot;
 use crate::host::verbs::{self, Target, UpgradeOptions};
 use crate::Outcome;
@@ -317,6 +317,53 @@ pub fn reboot_by_strategy(c: &Config, state_dir: &Path) -> Result<bool> {
             }
         }
     }
+}
+
+/// Where `hostctl internal health-check` finds its checks and records a
+/// failure.
+#[derive(Debug, Clone)]
+pub struct HealthOptions {
+    pub defaults: PathBuf,
+    pub config: PathBuf,
+    pub state_dir: PathBuf,
+    /// health.d directories, lowest first (the tree's, then the admin's).
+    pub dirs: Vec<PathBuf>,
+}
+
+/// `hostctl internal health-check`: fail (so the unit fails and the entry
+/// is marked bad) when a check fails, after recording which one and its
+/// output for `boot-check`.
+pub fn health_check(t: &Target, o: &HealthOptions) -> Result<Outcome> {
+    // A typo in hostctl.toml must not roll back a good update: the checks
+    // in health.d still run, with the built-in timeout.
+    let c = config::load(&o.defaults, &o.config).unwrap_or_else(|e| {
+        eprintln!("hostctl health: {e:#}; running the health.d checks with the built-in settings");
+        Config::default()
+    });
+    let Some(f) = health::run_all(&o.dirs, &c.required_units, c.health_timeout)? else {
+        eprintln!("hostctl health: all checks passed");
+        return Ok(Outcome::Done);
+    };
+    // Which deployment failed, so that the record explains only its
+    // fallback; "-" when this is not a booted OSTree system.
+    let checksum = sysroot::open_unlocked_any(t.sysroot, t.stateroot)
+        .ok()
+        .filter(|h| h.booted)
+        .and_then(|h| {
+            h.roles()
+                .booted()
+                .map(|i| h.deployments()[i].csum().to_string())
+        })
+        .unwrap_or_else(|| "-".to_string());
+    write_file(
+        &o.state_dir.join(verbs::HEALTH_FAILURE_FILE),
+        &verbs::health_record(&checksum, &f.name, &f.output),
+    )?;
+    anyhow::bail!(
+        "health check {} failed: {}",
+        f.name,
+        f.output.lines().next().unwrap_or("")
+    )
 }
 
 #[cfg(test)]

@@ -160,16 +160,20 @@ pub(crate) fn describe(c: &CommitInfo) -> String {
 pub fn status(t: &Target, args: &StatusOptions) -> Result<Outcome> {
     let host = sysroot::open_unlocked_any(t.sysroot, t.stateroot)?;
     let mut deps = host.status()?;
-    if !args.json && host.booted {
-        if let Ok(note) = std::fs::read_to_string(FALLBACK_NOTE) {
-            println!("Note: {}", note.trim());
-        }
+    // The note belongs to the running host, not to another sysroot.
+    let note = host
+        .booted
+        .then(|| std::fs::read_to_string(FALLBACK_NOTE).ok())
+        .flatten()
+        .map(|n| n.trim().to_string());
+    if let (false, Some(note)) = (args.json, &note) {
+        println!("Note: {note}");
     }
     if args.booted {
         deps.retain(|d| d.booted);
     }
     if args.json {
-        println!("{}", status::render_json(&deps));
+        println!("{}", status::render_json_with(&deps, note.as_deref()));
     } else {
         print!("{}", status::render_text(&deps, args.verbose));
     }
@@ -495,6 +499,42 @@ pub fn db_diff(t: &Target, args: &DbDiffOptions) -> Result<Outcome> {
 
 /// Where `boot-check` records an automatic rollback, for `hostctl status`.
 const FALLBACK_NOTE: &str = "/var/lib/hostctl/fallback";
+/// Where `hostctl internal health-check` records why this boot is bad, for
+/// `boot-check` in the boot after the fallback.
+const HEALTH_FAILURE: &str = "/var/lib/hostctl/health-failure";
+/// [`HEALTH_FAILURE`]'s name inside the agent's state directory.
+pub const HEALTH_FAILURE_FILE: &str = "health-failure";
+
+/// The health failure record: the checksum of the deployment that failed,
+/// the check's name, then its output.
+pub fn health_record(checksum: &str, name: &str, output: &str) -> String {
+    format!("{checksum}\n{name}\n{output}\n")
+}
+
+/// (checksum, check name, output) of a health failure record.
+pub fn parse_health_record(text: &str) -> Option<(String, String, String)> {
+    let mut parts = text.splitn(3, '\n');
+    let checksum = parts.next()?.trim().to_string();
+    let name = parts.next()?.trim().to_string();
+    let output = parts.next().unwrap_or("").trim().to_string();
+    (!checksum.is_empty() && !name.is_empty()).then_some((checksum, name, output))
+}
+
+/// What `hostctl status` says after an automatic rollback from `failed` at
+/// `at`: the health check that failed and its output (on one line) when
+/// one did, else that its boot tries ran out.
+pub fn fallback_note(failed: &str, at: &str, health: Option<(&str, &str)>, now: &str) -> String {
+    match health {
+        Some((name, output)) => {
+            let output = output.lines().map(str::trim).collect::<Vec<_>>().join(" / ");
+            format!("rolled back from {failed} at {at}: health check {name} failed: {output}")
+        }
+        None => format!(
+            "rolled back from {failed} at {at}: it failed to boot (its boot tries ran out); now running {now}."
+        ),
+    }
+}
+
 /// Where `boot-check` lists the checksums of commits that failed to boot,
 /// one per line, so the update agent does not stage them again.
 pub const FAILED_COMMITS: &str = "/var/lib/hostctl/failed-commits";
@@ -545,11 +585,15 @@ pub fn boot_check(t: &Target, args: &BootCheckOptions) -> Result<Outcome> {
     );
     write_and_publish(&host, &list)?;
     let repo = host.repo();
-    let note = format!(
-        "on {} deployment {} failed to boot (its boot tries ran out); rolled back to {}.",
-        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
-        describe(&commit_info(&repo, &failed.csum())?),
-        describe(&commit_info(&repo, &booted.csum())?),
+    let health = std::fs::read_to_string(HEALTH_FAILURE)
+        .ok()
+        .and_then(|t| parse_health_record(&t))
+        .filter(|(c, _, _)| *c == failed.csum().as_str());
+    let note = fallback_note(
+        &describe(&commit_info(&repo, &failed.csum())?),
+        &chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        health.as_ref().map(|(_, n, o)| (n.as_str(), o.as_str())),
+        &describe(&commit_info(&repo, &booted.csum())?),
     );
     eprintln!("hostctl: {note}");
     if let Some(dir) = Path::new(FALLBACK_NOTE).parent() {
@@ -564,5 +608,34 @@ pub fn boot_check(t: &Target, args: &BootCheckOptions) -> Result<Outcome> {
         .with_context(|| format!("opening {FAILED_COMMITS}"))?;
     std::io::Write::write_all(&mut failed_list, format!("{}\n", failed.csum()).as_bytes())
         .with_context(|| format!("writing {FAILED_COMMITS}"))?;
+    // Used up: the record explained this fallback.
+    if health.is_some() {
+        std::fs::remove_file(HEALTH_FAILURE)
+            .with_context(|| format!("removing {HEALTH_FAILURE}"))?;
+    }
     Ok(Outcome::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallback_notes_name_the_failed_check_and_its_output() {
+        let rec = health_record("abc", "20-web", "curl: (7) refused\nsecond line\n");
+        let (c, n, o) = parse_health_record(&rec).unwrap();
+        assert_eq!((c.as_str(), n.as_str()), ("abc", "20-web"));
+        assert_eq!(
+            fallback_note("12.3 (abc)", "2026-01-01 03:00 UTC", Some((&n, &o)), "12.2 (def)"),
+            "rolled back from 12.3 (abc) at 2026-01-01 03:00 UTC: health check 20-web failed: curl: (7) refused / second line"
+        );
+        let plain = fallback_note("12.3 (abc)", "T", None, "12.2 (def)");
+        assert!(plain.contains("failed to boot"), "{plain}");
+        assert!(
+            plain.starts_with("rolled back from 12.3 (abc) at T: "),
+            "{plain}"
+        );
+        assert_eq!(parse_health_record(""), None);
+        assert_eq!(parse_health_record("abc\n"), None);
+    }
 }
