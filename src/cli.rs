@@ -5,11 +5,15 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::agent::config::{ETC_CONFIG, USR_CONFIG};
+use crate::agent::health::{ETC_HEALTH_D, USR_HEALTH_D};
+use crate::agent::run::{AgentOptions, HealthOptions};
 use crate::bootloader::{EspTarget, HOST_ESP};
 use crate::compose::tree::ComposeOptions;
 use crate::host::verbs::{
     self as verbs, BootCheckOptions, CleanupOptions, DbDiffOptions, DeployOptions, InstallOptions,
-    KargsOptions, PinOptions, RebaseOptions, StatusOptions, Target, UpgradeOptions,
+    KargsOptions, PinOptions, RebaseOptions, RollbackOptions, StatusOptions, Target,
+    UpgradeOptions,
 };
 use crate::image::ImageOptions;
 use crate::publish::serve::PrepareOptions;
@@ -57,7 +61,7 @@ pub enum Command {
     /// Fetch the newest commit of the origin's ref and make it the next boot.
     Upgrade(UpgradeArgs),
     /// Make the previous deployment the default.
-    Rollback,
+    Rollback(RollbackArgs),
     /// Deploy a specific commit of the origin ref's history (version or checksum prefix).
     Deploy(DeployArgs),
     /// Switch the origin to another ref and deploy its head.
@@ -81,6 +85,9 @@ pub enum Command {
     Key(KeyCmd),
     /// Prepare a repository for serving: static deltas, pruning, signed summary.
     Publish(PublishArgs),
+    /// The update agent (run by hostctl-agent.timer; see docs/agent.md).
+    #[command(subcommand)]
+    Agent(AgentCmd),
     /// Boot-time hooks run by hostctl's systemd units (not for interactive use).
     #[command(subcommand, hide = true)]
     Internal(InternalCmd),
@@ -126,6 +133,38 @@ pub struct PublishArgs {
     /// GnuPG home directory holding the --gpg-sign keys (default: GnuPG's own).
     #[arg(long, value_name = "DIR", requires = "gpg_sign")]
     pub gpg_homedir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCmd {
+    /// Check, stage or apply an update as `updates.policy` says.
+    RunOnce(AgentRunArgs),
+    /// Reboot now if `reboot.strategy` allows it (window open, lock granted).
+    Reboot(AgentArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The admin's configuration, overlaying --defaults key by key.
+    #[arg(long, default_value = ETC_CONFIG, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The tree's default configuration.
+    #[arg(long, default_value = USR_CONFIG, value_name = "FILE")]
+    pub defaults: PathBuf,
+    /// Where the agent keeps its state (last run, held reboot slot) and
+    /// finds the commits that failed to boot.
+    #[arg(long, default_value = "/var/lib/hostctl", value_name = "DIR")]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentRunArgs {
+    #[command(flatten)]
+    pub common: AgentArgs,
+    /// Do nothing unless `updates.interval` (plus a random delay up to
+    /// `updates.randomized-delay`) has passed since the last run.
+    #[arg(long)]
+    pub if_due: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -215,6 +254,10 @@ pub struct StatusArgs {
     pub booted: bool,
     #[arg(short, long)]
     pub verbose: bool,
+    /// Exit with status 77 when a deployment other than the booted one
+    /// boots next.
+    #[arg(long)]
+    pub pending_exit_77: bool,
 }
 
 #[derive(Debug, Args)]
@@ -235,7 +278,7 @@ pub struct UpgradeArgs {
     #[arg(long)]
     pub unchanged_exit_77: bool,
     /// Reboot after the update is deployed.
-    #[arg(long)]
+    #[arg(short, long)]
     pub reboot: bool,
 }
 
@@ -245,7 +288,17 @@ pub struct DeployArgs {
     pub revision: String,
     #[arg(long)]
     pub allow_downgrade: bool,
+    /// Exit with status 77 when the commit is already the default.
     #[arg(long)]
+    pub unchanged_exit_77: bool,
+    #[arg(short, long)]
+    pub reboot: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Reboot into the rollback deployment.
+    #[arg(short, long)]
     pub reboot: bool,
 }
 
@@ -253,7 +306,7 @@ pub struct DeployArgs {
 pub struct RebaseArgs {
     /// [REMOTE:]REF
     pub target: String,
-    #[arg(long)]
+    #[arg(short, long)]
     pub reboot: bool,
 }
 
@@ -265,7 +318,16 @@ pub struct KargsArgs {
     pub delete: Vec<String>,
     #[arg(long, value_name = "K=V")]
     pub replace: Vec<String>,
+    /// Append unless this exact argument is already there.
+    #[arg(long, value_name = "K[=V]")]
+    pub append_if_missing: Vec<String>,
+    /// Delete if present; no error when absent.
+    #[arg(long, value_name = "K[=V]")]
+    pub delete_if_present: Vec<String>,
+    /// Exit with status 77 when the arguments do not change.
     #[arg(long)]
+    pub unchanged_exit_77: bool,
+    #[arg(short, long)]
     pub reboot: bool,
 }
 
@@ -343,6 +405,19 @@ pub enum InternalCmd {
     /// At boot: if systemd-boot fell back from the default entry because its
     /// boot tries ran out, make the booted deployment the default.
     BootCheck(BootCheckArgs),
+    /// Before boot-complete.target: run the health checks; fail (and record
+    /// why) when one fails, so the boot is marked bad.
+    HealthCheck(HealthCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthCheckArgs {
+    #[command(flatten)]
+    pub common: AgentArgs,
+    /// A health.d directory; later ones replace earlier ones' checks of the
+    /// same name (default: the tree's, then /etc's).
+    #[arg(long = "checks-dir", value_name = "DIR")]
+    pub checks_dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -381,17 +456,51 @@ pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         stateroot: cli.stateroot.as_deref(),
         esp: esp.as_ref(),
     };
+    // The verbs that may change which deployment boots next; after them,
+    // /run/reboot-required says whether that is another than the running one.
+    let changing_default = matches!(
+        cli.command,
+        Command::Upgrade(_)
+            | Command::Rollback(_)
+            | Command::Deploy(_)
+            | Command::Rebase(_)
+            | Command::Kargs(_)
+            | Command::Cleanup(_)
+    );
+    let outcome = run_command(cli, &t)?;
+    if changing_default && outcome == Outcome::Done {
+        // The command did what it was asked; a /run that cannot be written
+        // is reported but does not undo that.
+        if let Err(e) = crate::agent::reboot_required::refresh(t.sysroot, t.stateroot) {
+            eprintln!(
+                "warning: updating {}: {e:#}",
+                crate::agent::reboot_required::FLAG
+            );
+        }
+    }
+    Ok(outcome)
+}
+
+fn run_command(cli: &Cli, t: &Target) -> anyhow::Result<Outcome> {
     match &cli.command {
         Command::Compose(ComposeCmd::Tree(a)) => crate::compose::tree::run(&a.into()),
-        Command::Install(a) => verbs::install(&t, &a.into()),
-        Command::Status(a) => verbs::status(&t, &a.into()),
-        Command::Upgrade(a) => verbs::upgrade(&t, &a.into()),
-        Command::Rollback => verbs::rollback(&t),
-        Command::Deploy(a) => verbs::deploy(&t, &a.into()),
-        Command::Rebase(a) => verbs::rebase(&t, &a.into()),
-        Command::Kargs(a) => verbs::kargs(&t, &a.into()),
-        Command::Pin(a) => verbs::pin(&t, &a.into()),
-        Command::Cleanup(a) => verbs::cleanup(&t, &a.into()),
+        Command::Install(a) => verbs::install(t, &a.into()),
+        Command::Status(a) => verbs::status(t, &a.into()),
+        Command::Upgrade(a) => verbs::upgrade(t, &a.into()),
+        Command::Rollback(a) => verbs::rollback(t, &RollbackOptions { reboot: a.reboot }),
+        Command::Deploy(a) => verbs::deploy(t, &a.into()),
+        Command::Rebase(a) => verbs::rebase(t, &a.into()),
+        Command::Kargs(a) => verbs::kargs(t, &a.into()),
+        Command::Pin(a) => verbs::pin(t, &a.into()),
+        Command::Cleanup(a) => verbs::cleanup(t, &a.into()),
+        Command::Agent(AgentCmd::RunOnce(a)) => crate::agent::run::run_once(
+            t,
+            &AgentOptions {
+                if_due: a.if_due,
+                ..(&a.common).into()
+            },
+        ),
+        Command::Agent(AgentCmd::Reboot(a)) => crate::agent::run::reboot(&a.into()),
         Command::Image(ImageCmd::Build(a)) => crate::image::build(t.stateroot, &a.into()),
         Command::Sign(a) => crate::publish::sign_existing(&SignOptions {
             repo: a.repo.clone(),
@@ -412,9 +521,22 @@ pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
             output: output.clone(),
         }),
         Command::Internal(InternalCmd::BootCheck(_)) => verbs::boot_check(
-            &t,
+            t,
             &BootCheckOptions {
                 esp: cli.esp_or_default(),
+            },
+        ),
+        Command::Internal(InternalCmd::HealthCheck(a)) => crate::agent::run::health_check(
+            t,
+            &HealthOptions {
+                defaults: a.common.defaults.clone(),
+                config: a.common.config.clone(),
+                state_dir: a.common.state_dir.clone(),
+                dirs: if a.checks_dirs.is_empty() {
+                    vec![PathBuf::from(USR_HEALTH_D), PathBuf::from(ETC_HEALTH_D)]
+                } else {
+                    a.checks_dirs.clone()
+                },
             },
         ),
         Command::Internal(InternalCmd::PublishEntries(_)) => {
@@ -429,7 +551,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
             }
             // Host mode: the lists come from the booted and the pending
             // deployment's commits.
-            None => verbs::db_diff(&t, &a.into()),
+            None => verbs::db_diff(t, &a.into()),
         },
     }
 }
@@ -454,6 +576,7 @@ impl From<&StatusArgs> for StatusOptions {
             json: a.json,
             booted: a.booted,
             verbose: a.verbose,
+            pending_exit_77: a.pending_exit_77,
         }
     }
 }
@@ -467,6 +590,18 @@ impl From<&UpgradeArgs> for UpgradeOptions {
             allow_downgrade: a.allow_downgrade,
             unchanged_exit_77: a.unchanged_exit_77,
             reboot: a.reboot,
+            skip: Vec::new(),
+        }
+    }
+}
+
+impl From<&AgentArgs> for AgentOptions {
+    fn from(a: &AgentArgs) -> Self {
+        AgentOptions {
+            defaults: a.defaults.clone(),
+            config: a.config.clone(),
+            state_dir: a.state_dir.clone(),
+            if_due: false,
         }
     }
 }
@@ -476,6 +611,7 @@ impl From<&DeployArgs> for DeployOptions {
         DeployOptions {
             revision: a.revision.clone(),
             allow_downgrade: a.allow_downgrade,
+            unchanged_exit_77: a.unchanged_exit_77,
             reboot: a.reboot,
         }
     }
@@ -496,6 +632,9 @@ impl From<&KargsArgs> for KargsOptions {
             append: a.append.clone(),
             delete: a.delete.clone(),
             replace: a.replace.clone(),
+            append_if_missing: a.append_if_missing.clone(),
+            delete_if_present: a.delete_if_present.clone(),
+            unchanged_exit_77: a.unchanged_exit_77,
             reboot: a.reboot,
         }
     }

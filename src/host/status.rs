@@ -83,6 +83,10 @@ impl std::fmt::Display for Signature {
 #[derive(Debug, Serialize)]
 struct StatusJson<'a> {
     deployments: &'a [DeploymentInfo],
+    /// The last automatic rollback on this host, as `boot-check` recorded
+    /// it; absent when there was none (or the sysroot is not running).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fallback: Option<&'a str>,
 }
 
 pub fn id(osname: &str, checksum: &str, serial: i32) -> String {
@@ -90,8 +94,16 @@ pub fn id(osname: &str, checksum: &str, serial: i32) -> String {
 }
 
 pub fn render_json(deps: &[DeploymentInfo]) -> String {
-    serde_json::to_string_pretty(&StatusJson { deployments: deps })
-        .expect("status JSON serialisation cannot fail on plain data")
+    render_json_with(deps, None)
+}
+
+/// [`render_json`] with the host's fallback note.
+pub fn render_json_with(deps: &[DeploymentInfo], fallback: Option<&str>) -> String {
+    serde_json::to_string_pretty(&StatusJson {
+        deployments: deps,
+        fallback,
+    })
+    .expect("status JSON serialisation cannot fail on plain data")
 }
 
 fn format_time(ts: u64) -> String {
