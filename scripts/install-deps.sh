@@ -12,8 +12,15 @@ packages=(
   bubblewrap
   # tests: a static HTTP server for remotes over http
   python3
-  # tests: an independent ed25519 implementation to check signatures
+  # tests: an independent ed25519 implementation to check signatures, and
+  # HMAC-SHA256 to check the agent's FleetLock host id
   openssl
+  # GPG signing and verification: libostree's gpgme runs gpg, gpg-agent and
+  # gpgconf; the tests make keys and check signatures with gpg itself
+  gnupg
+  # the agent's maintenance windows are local time: the system tz database
+  # (the window tests use Europe/Berlin and America/New_York)
+  tzdata
   # tests: serving published repositories (started by the tests on 127.0.0.1)
   nginx-light
   # Debian composes and the initramfs

@@ -5,11 +5,15 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::agent::config::{ETC_CONFIG, USR_CONFIG};
+use crate::agent::health::{ETC_HEALTH_D, USR_HEALTH_D};
+use crate::agent::run::{AgentOptions, HealthOptions};
 use crate::bootloader::{EspTarget, HOST_ESP};
 use crate::compose::tree::ComposeOptions;
 use crate::host::verbs::{
     self as verbs, BootCheckOptions, CleanupOptions, DbDiffOptions, DeployOptions, InstallOptions,
-    KargsOptions, PinOptions, RebaseOptions, StatusOptions, Target, UpgradeOptions,
+    KargsOptions, PinOptions, RebaseOptions, RollbackOptions, StatusOptions, Target,
+    UpgradeOptions,
 };
 use crate::image::ImageOptions;
 use crate::publish::serve::PrepareOptions;
@@ -57,7 +61,7 @@ pub enum Command {
     /// Fetch the newest commit of the origin's ref and make it the next boot.
     Upgrade(UpgradeArgs),
     /// Make the previous deployment the default.
-    Rollback,
+    Rollback(RollbackArgs),
     /// Deploy a specific commit of the origin ref's history (version or checksum prefix).
     Deploy(DeployArgs),
     /// Switch the origin to another ref and deploy its head.
@@ -74,13 +78,16 @@ pub enum Command {
     /// Disk images.
     #[command(subcommand)]
     Image(ImageCmd),
-    /// Sign an existing commit with an ed25519 key (adds to its signatures).
+    /// Sign an existing commit with an ed25519 and/or GPG key (adds to its signatures).
     Sign(SignArgs),
     /// Signing keys.
     #[command(subcommand)]
     Key(KeyCmd),
     /// Prepare a repository for serving: static deltas, pruning, signed summary.
     Publish(PublishArgs),
+    /// The update agent (run by hostctl-agent.timer; see docs/agent.md).
+    #[command(subcommand)]
+    Agent(AgentCmd),
     /// Boot-time hooks run by hostctl's systemd units (not for interactive use).
     #[command(subcommand, hide = true)]
     Internal(InternalCmd),
@@ -92,8 +99,14 @@ pub struct SignArgs {
     #[arg(long, default_value = "repo", value_name = "REPO")]
     pub repo: PathBuf,
     /// ed25519 secret key file (from `hostctl key generate`).
-    #[arg(long, value_name = "FILE")]
-    pub key: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "gpg_sign")]
+    pub key: Option<PathBuf>,
+    /// GPG key id to sign with, through libostree (repeatable).
+    #[arg(long = "gpg-sign", value_name = "KEYID")]
+    pub gpg_sign: Vec<String>,
+    /// GnuPG home directory holding the --gpg-sign keys (default: GnuPG's own).
+    #[arg(long, value_name = "DIR", requires = "gpg_sign")]
+    pub gpg_homedir: Option<PathBuf>,
     /// Ref or commit checksum to sign.
     pub rev: String,
 }
@@ -109,9 +122,49 @@ pub struct PublishArgs {
     /// Keep this many commits of each ref (head included); older ones are pruned.
     #[arg(long, value_name = "K")]
     pub keep: Option<usize>,
-    /// Sign the summary (and any head not yet signed by it) with this ed25519 key.
-    #[arg(long, value_name = "FILE")]
-    pub sign_key: Option<PathBuf>,
+    /// Sign the summary (and any head not yet signed by it) with this ed25519
+    /// key (repeatable: during a rotation, every key hosts may trust).
+    #[arg(long = "sign-key", value_name = "FILE")]
+    pub sign_keys: Vec<PathBuf>,
+    /// Sign the summary (and any head not yet signed by it) with this GPG key
+    /// (repeatable).
+    #[arg(long = "gpg-sign", value_name = "KEYID")]
+    pub gpg_sign: Vec<String>,
+    /// GnuPG home directory holding the --gpg-sign keys (default: GnuPG's own).
+    #[arg(long, value_name = "DIR", requires = "gpg_sign")]
+    pub gpg_homedir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCmd {
+    /// Check, stage or apply an update as `updates.policy` says.
+    RunOnce(AgentRunArgs),
+    /// Reboot now if `reboot.strategy` allows it (window open, lock granted).
+    Reboot(AgentArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The admin's configuration, overlaying --defaults key by key.
+    #[arg(long, default_value = ETC_CONFIG, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The tree's default configuration.
+    #[arg(long, default_value = USR_CONFIG, value_name = "FILE")]
+    pub defaults: PathBuf,
+    /// Where the agent keeps its state (last run, held reboot slot) and
+    /// finds the commits that failed to boot.
+    #[arg(long, default_value = "/var/lib/hostctl", value_name = "DIR")]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentRunArgs {
+    #[command(flatten)]
+    pub common: AgentArgs,
+    /// Do nothing unless `updates.interval` (plus a random delay up to
+    /// `updates.randomized-delay`) has passed since the last run.
+    #[arg(long)]
+    pub if_due: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -153,6 +206,12 @@ pub struct ComposeTreeArgs {
     /// Sign the new commit with this ed25519 secret key file.
     #[arg(long, value_name = "FILE")]
     pub sign_key: Option<PathBuf>,
+    /// Sign the new commit with this GPG key id, through libostree (repeatable).
+    #[arg(long = "gpg-sign", value_name = "KEYID")]
+    pub gpg_sign: Vec<String>,
+    /// GnuPG home directory holding the --gpg-sign keys (default: GnuPG's own).
+    #[arg(long, value_name = "DIR", requires = "gpg_sign")]
+    pub gpg_homedir: Option<PathBuf>,
     /// The treefile (TOML).
     pub treefile: PathBuf,
 }
@@ -175,8 +234,13 @@ pub struct InstallArgs {
     /// from the remote must be signed by (repeatable).
     #[arg(long = "verify-key", value_name = "FILE")]
     pub verify_keys: Vec<PathBuf>,
-    /// Accept an http(s) remote without --verify-key: anyone who can change
-    /// the repository or the network path then decides what the host boots.
+    /// GPG keyring file (`gpg --export`, binary or armoured) whose keys
+    /// every commit from the remote must be signed by (repeatable).
+    #[arg(long = "gpg-keyring", value_name = "FILE")]
+    pub gpg_keyrings: Vec<PathBuf>,
+    /// Accept an http(s) remote without --verify-key or --gpg-keyring: anyone
+    /// who can change the repository or the network path then decides what
+    /// the host boots.
     #[arg(long)]
     pub insecure_allow_unsigned: bool,
 }
@@ -190,6 +254,10 @@ pub struct StatusArgs {
     pub booted: bool,
     #[arg(short, long)]
     pub verbose: bool,
+    /// Exit with status 77 when a deployment other than the booted one
+    /// boots next.
+    #[arg(long)]
+    pub pending_exit_77: bool,
 }
 
 #[derive(Debug, Args)]
@@ -210,7 +278,7 @@ pub struct UpgradeArgs {
     #[arg(long)]
     pub unchanged_exit_77: bool,
     /// Reboot after the update is deployed.
-    #[arg(long)]
+    #[arg(short, long)]
     pub reboot: bool,
 }
 
@@ -220,7 +288,17 @@ pub struct DeployArgs {
     pub revision: String,
     #[arg(long)]
     pub allow_downgrade: bool,
+    /// Exit with status 77 when the commit is already the default.
     #[arg(long)]
+    pub unchanged_exit_77: bool,
+    #[arg(short, long)]
+    pub reboot: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Reboot into the rollback deployment.
+    #[arg(short, long)]
     pub reboot: bool,
 }
 
@@ -228,7 +306,7 @@ pub struct DeployArgs {
 pub struct RebaseArgs {
     /// [REMOTE:]REF
     pub target: String,
-    #[arg(long)]
+    #[arg(short, long)]
     pub reboot: bool,
 }
 
@@ -240,7 +318,16 @@ pub struct KargsArgs {
     pub delete: Vec<String>,
     #[arg(long, value_name = "K=V")]
     pub replace: Vec<String>,
+    /// Append unless this exact argument is already there.
+    #[arg(long, value_name = "K[=V]")]
+    pub append_if_missing: Vec<String>,
+    /// Delete if present; no error when absent.
+    #[arg(long, value_name = "K[=V]")]
+    pub delete_if_present: Vec<String>,
+    /// Exit with status 77 when the arguments do not change.
     #[arg(long)]
+    pub unchanged_exit_77: bool,
+    #[arg(short, long)]
     pub reboot: bool,
 }
 
@@ -302,7 +389,11 @@ pub struct ImageBuildArgs {
     /// (repeatable); the image's own commit is verified with them too.
     #[arg(long = "verify-key", value_name = "FILE")]
     pub verify_keys: Vec<PathBuf>,
-    /// Accept an http(s) --remote-url without --verify-key.
+    /// GPG keyring file the host verifies every commit against
+    /// (repeatable); the image's own commit is verified with it too.
+    #[arg(long = "gpg-keyring", value_name = "FILE")]
+    pub gpg_keyrings: Vec<PathBuf>,
+    /// Accept an http(s) --remote-url without --verify-key or --gpg-keyring.
     #[arg(long)]
     pub insecure_allow_unsigned: bool,
 }
@@ -314,6 +405,19 @@ pub enum InternalCmd {
     /// At boot: if systemd-boot fell back from the default entry because its
     /// boot tries ran out, make the booted deployment the default.
     BootCheck(BootCheckArgs),
+    /// Before boot-complete.target: run the health checks; fail (and record
+    /// why) when one fails, so the boot is marked bad.
+    HealthCheck(HealthCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthCheckArgs {
+    #[command(flatten)]
+    pub common: AgentArgs,
+    /// A health.d directory; later ones replace earlier ones' checks of the
+    /// same name (default: the tree's, then /etc's).
+    #[arg(long = "checks-dir", value_name = "DIR")]
+    pub checks_dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -352,36 +456,87 @@ pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
         stateroot: cli.stateroot.as_deref(),
         esp: esp.as_ref(),
     };
+    // The verbs that may change which deployment boots next; after them,
+    // /run/reboot-required says whether that is another than the running one.
+    let changing_default = matches!(
+        cli.command,
+        Command::Upgrade(_)
+            | Command::Rollback(_)
+            | Command::Deploy(_)
+            | Command::Rebase(_)
+            | Command::Kargs(_)
+            | Command::Cleanup(_)
+    );
+    let outcome = run_command(cli, &t)?;
+    if changing_default && outcome == Outcome::Done {
+        // The command did what it was asked; a /run that cannot be written
+        // is reported but does not undo that.
+        if let Err(e) = crate::agent::reboot_required::refresh(t.sysroot, t.stateroot) {
+            eprintln!(
+                "warning: updating {}: {e:#}",
+                crate::agent::reboot_required::FLAG
+            );
+        }
+    }
+    Ok(outcome)
+}
+
+fn run_command(cli: &Cli, t: &Target) -> anyhow::Result<Outcome> {
     match &cli.command {
         Command::Compose(ComposeCmd::Tree(a)) => crate::compose::tree::run(&a.into()),
-        Command::Install(a) => verbs::install(&t, &a.into()),
-        Command::Status(a) => verbs::status(&t, &a.into()),
-        Command::Upgrade(a) => verbs::upgrade(&t, &a.into()),
-        Command::Rollback => verbs::rollback(&t),
-        Command::Deploy(a) => verbs::deploy(&t, &a.into()),
-        Command::Rebase(a) => verbs::rebase(&t, &a.into()),
-        Command::Kargs(a) => verbs::kargs(&t, &a.into()),
-        Command::Pin(a) => verbs::pin(&t, &a.into()),
-        Command::Cleanup(a) => verbs::cleanup(&t, &a.into()),
+        Command::Install(a) => verbs::install(t, &a.into()),
+        Command::Status(a) => verbs::status(t, &a.into()),
+        Command::Upgrade(a) => verbs::upgrade(t, &a.into()),
+        Command::Rollback(a) => verbs::rollback(t, &RollbackOptions { reboot: a.reboot }),
+        Command::Deploy(a) => verbs::deploy(t, &a.into()),
+        Command::Rebase(a) => verbs::rebase(t, &a.into()),
+        Command::Kargs(a) => verbs::kargs(t, &a.into()),
+        Command::Pin(a) => verbs::pin(t, &a.into()),
+        Command::Cleanup(a) => verbs::cleanup(t, &a.into()),
+        Command::Agent(AgentCmd::RunOnce(a)) => crate::agent::run::run_once(
+            t,
+            &AgentOptions {
+                if_due: a.if_due,
+                ..(&a.common).into()
+            },
+        ),
+        Command::Agent(AgentCmd::Reboot(a)) => crate::agent::run::reboot(&a.into()),
         Command::Image(ImageCmd::Build(a)) => crate::image::build(t.stateroot, &a.into()),
         Command::Sign(a) => crate::publish::sign_existing(&SignOptions {
             repo: a.repo.clone(),
             key: a.key.clone(),
+            gpg_sign: a.gpg_sign.clone(),
+            gpg_homedir: a.gpg_homedir.clone(),
             rev: a.rev.clone(),
         }),
         Command::Publish(a) => crate::publish::serve::prepare(&PrepareOptions {
             repo: a.repo.clone(),
             deltas: a.deltas,
             keep: a.keep,
-            sign_key: a.sign_key.clone(),
+            sign_keys: a.sign_keys.clone(),
+            gpg_sign: a.gpg_sign.clone(),
+            gpg_homedir: a.gpg_homedir.clone(),
         }),
         Command::Key(KeyCmd::Generate { output }) => crate::publish::generate_key(&KeygenOptions {
             output: output.clone(),
         }),
         Command::Internal(InternalCmd::BootCheck(_)) => verbs::boot_check(
-            &t,
+            t,
             &BootCheckOptions {
                 esp: cli.esp_or_default(),
+            },
+        ),
+        Command::Internal(InternalCmd::HealthCheck(a)) => crate::agent::run::health_check(
+            t,
+            &HealthOptions {
+                defaults: a.common.defaults.clone(),
+                config: a.common.config.clone(),
+                state_dir: a.common.state_dir.clone(),
+                dirs: if a.checks_dirs.is_empty() {
+                    vec![PathBuf::from(USR_HEALTH_D), PathBuf::from(ETC_HEALTH_D)]
+                } else {
+                    a.checks_dirs.clone()
+                },
             },
         ),
         Command::Internal(InternalCmd::PublishEntries(_)) => {
@@ -396,7 +551,7 @@ pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
             }
             // Host mode: the lists come from the booted and the pending
             // deployment's commits.
-            None => verbs::db_diff(&t, &a.into()),
+            None => verbs::db_diff(t, &a.into()),
         },
     }
 }
@@ -409,6 +564,7 @@ impl From<&InstallArgs> for InstallOptions {
             remote: a.remote.clone(),
             kargs: a.kargs.clone(),
             verify_keys: a.verify_keys.clone(),
+            gpg_keyrings: a.gpg_keyrings.clone(),
             allow_unsigned: a.insecure_allow_unsigned,
         }
     }
@@ -420,6 +576,7 @@ impl From<&StatusArgs> for StatusOptions {
             json: a.json,
             booted: a.booted,
             verbose: a.verbose,
+            pending_exit_77: a.pending_exit_77,
         }
     }
 }
@@ -433,6 +590,18 @@ impl From<&UpgradeArgs> for UpgradeOptions {
             allow_downgrade: a.allow_downgrade,
             unchanged_exit_77: a.unchanged_exit_77,
             reboot: a.reboot,
+            skip: Vec::new(),
+        }
+    }
+}
+
+impl From<&AgentArgs> for AgentOptions {
+    fn from(a: &AgentArgs) -> Self {
+        AgentOptions {
+            defaults: a.defaults.clone(),
+            config: a.config.clone(),
+            state_dir: a.state_dir.clone(),
+            if_due: false,
         }
     }
 }
@@ -442,6 +611,7 @@ impl From<&DeployArgs> for DeployOptions {
         DeployOptions {
             revision: a.revision.clone(),
             allow_downgrade: a.allow_downgrade,
+            unchanged_exit_77: a.unchanged_exit_77,
             reboot: a.reboot,
         }
     }
@@ -462,6 +632,9 @@ impl From<&KargsArgs> for KargsOptions {
             append: a.append.clone(),
             delete: a.delete.clone(),
             replace: a.replace.clone(),
+            append_if_missing: a.append_if_missing.clone(),
+            delete_if_present: a.delete_if_present.clone(),
+            unchanged_exit_77: a.unchanged_exit_77,
             reboot: a.reboot,
         }
     }
@@ -505,6 +678,8 @@ impl From<&ComposeTreeArgs> for ComposeOptions {
             workdir: a.workdir.clone(),
             treefile: a.treefile.clone(),
             sign_key: a.sign_key.clone(),
+            gpg_sign: a.gpg_sign.clone(),
+            gpg_homedir: a.gpg_homedir.clone(),
         }
     }
 }
@@ -519,6 +694,7 @@ impl From<&ImageBuildArgs> for ImageOptions {
             kargs: a.kargs.clone(),
             remote_url: a.remote_url.clone(),
             verify_keys: a.verify_keys.clone(),
+            gpg_keyrings: a.gpg_keyrings.clone(),
             allow_unsigned: a.insecure_allow_unsigned,
         }
     }

@@ -11,14 +11,16 @@
 //! - [`bootloader`]: systemd-boot entries on the ESP, published crash-safely.
 //! - [`image`]: bootable disk images from a repository.
 //! - [`publish`]: keys and signatures for the commits a pipeline serves.
+//! - [`agent`]: the update agent: configuration, maintenance windows,
+//!   FleetLock, `/run/reboot-required`, one agent run.
 //! - [`cli`]: the command line, the only code that knows clap.
 //!
 //! Imports go one way: `cli` → verbs (`host`, `compose`, `image`) →
-//! mechanisms (`bootloader`, `host` internals) → `format` → `util`. The
-//! sides the next features add get folders of their own beside these:
-//! `agent` (the update agent and health checks) and `containers`
-//! (container hosts).
+//! mechanisms (`bootloader`, `host` internals) → `format` → `util`.
+//! `agent` sits beside the verbs and uses them; only `cli` imports it. The
+//! next side gets a folder of its own too: `containers` (container hosts).
 
+pub mod agent;
 pub mod bootloader;
 pub mod cli;
 pub mod compose;

@@ -118,6 +118,15 @@ pub fn escape_path(path: &Path) -> String {
     out
 }
 
+/// `1.2 MiB`, `3.4 KiB`, `512 B`.
+pub fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -435,7 +435,7 @@ fn refused_and_failed_operations_leave_the_sysroot_byte_for_byte_unchanged() {
         "the error does not name the missing remote: {}",
         stderr(&out)
     );
-    assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+    assert_eq!(error_lines(&out).len(), 1, "{}", stderr(&out));
     assert_same(
         &before,
         &fingerprint(fx.sysroot()),
@@ -456,7 +456,7 @@ fn refused_and_failed_operations_leave_the_sysroot_byte_for_byte_unchanged() {
     fs::rename(&moved, &fx.build.path).unwrap();
     assert!(!out.status.success());
     assert!(stderr(&out).contains("origin"), "{}", stderr(&out));
-    assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+    assert_eq!(error_lines(&out).len(), 1, "{}", stderr(&out));
     assert_same(
         &before,
         &fingerprint(fx.sysroot()),
@@ -757,7 +757,7 @@ fn a_corrupt_object_or_a_full_disk_leaves_deployments_entries_and_origins_alone(
     fs::write(&objpath, bytes).unwrap();
     let out = hostctl(fx.sysroot(), &["upgrade"]);
     assert!(!out.status.success());
-    assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+    assert_eq!(error_lines(&out).len(), 1, "{}", stderr(&out));
     assert_same(
         &before,
         &boot_state(&fingerprint(fx.sysroot())),
@@ -784,7 +784,7 @@ fn a_corrupt_object_or_a_full_disk_leaves_deployments_entries_and_origins_alone(
     let before_full = boot_state(&fingerprint(fx.sysroot()));
     let out = hostctl(fx.sysroot(), &["upgrade"]);
     assert!(!out.status.success(), "the upgrade fit after all");
-    assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+    assert_eq!(error_lines(&out).len(), 1, "{}", stderr(&out));
     assert_same(
         &before_full,
         &boot_state(&fingerprint(fx.sysroot())),
@@ -845,13 +845,16 @@ fn install_and_upgrade_over_http() {
     let keys = tempfile::tempdir().unwrap();
     let (secret, public) = keypair(keys.path(), "build");
     let c1 = fx.build.commit("stable", "1.0", T0, &v_files("1.0"));
-    fx.build.sign(&c1, &secret);
+    // Over a network, with keys, the ref comes only from a signed summary:
+    // publish signs the head and the summary.
+    let sign = ["--sign-key", secret.to_str().unwrap()];
+    fx.build.publish(&sign);
     let server = HttpServer::serve(fx.build.path.parent().unwrap());
     let url = format!("http://127.0.0.1:{}/repo", server.1);
     fx.install_verified(&url, "stable", &public);
     assert_eq!(fx.admin_status()[0].checksum, c1);
     let c2 = fx.build.commit("stable", "2.0", T0 + 100, &v_files("2.0"));
-    fx.build.sign(&c2, &secret);
+    fx.build.publish(&sign);
     let check = hostctl_ok(fx.sysroot(), &["upgrade", "--check"]);
     assert!(check.contains(&c2), "{check}");
     hostctl_ok(fx.sysroot(), &["upgrade"]);
@@ -904,6 +907,9 @@ fn reboot_on_a_sysroot_that_is_not_running_is_skipped() {
         ),
         (&["kargs", "--append", "x=1", "--reboot"][..], c1.as_str()),
         (&["rebase", "testing", "--reboot"][..], co.as_str()),
+        (&["rollback", "--reboot"][..], c1.as_str()),
+        (&["rollback", "-r"][..], co.as_str()),
+        (&["kargs", "--append", "y=1", "-r"][..], co.as_str()),
     ] {
         let out = run_hostctl(
             Command::new(hostctl_bin())
@@ -928,4 +934,87 @@ fn reboot_on_a_sysroot_that_is_not_running_is_skipped() {
             "{args:?} did not make its commit the default"
         );
     }
+}
+
+#[test]
+fn rpm_ostree_parity_flags_for_kargs_deploy_and_status() {
+    let fx = Fixture::new();
+    fx.build.commit("stable", "1.0", T0, &v_files("1.0"));
+    fx.install("stable", &["quiet", "console=tty0"]);
+    let kargs = || hostctl_ok(fx.sysroot(), &["kargs"]).trim().to_string();
+
+    // Already there / already gone: unchanged, 77 when asked, nothing written.
+    let before = fingerprint(fx.sysroot());
+    for args in [
+        &[
+            "kargs",
+            "--append-if-missing",
+            "quiet",
+            "--unchanged-exit-77",
+        ][..],
+        &[
+            "kargs",
+            "--delete-if-present",
+            "nosuch",
+            "--unchanged-exit-77",
+        ][..],
+        &[
+            "kargs",
+            "--append-if-missing",
+            "console=tty0",
+            "--delete-if-present",
+            "nosuch=1",
+            "--unchanged-exit-77",
+        ][..],
+    ] {
+        let out = hostctl(fx.sysroot(), args);
+        assert_eq!(out.status.code(), Some(77), "{args:?}: {}", stderr(&out));
+    }
+    let out = hostctl(fx.sysroot(), &["kargs", "--append-if-missing", "quiet"]);
+    assert_eq!(out.status.code(), Some(0), "without --unchanged-exit-77");
+    assert_same(
+        &before,
+        &fingerprint(fx.sysroot()),
+        "kargs that change nothing",
+    );
+
+    // Missing / present: the edit is made, exit 0.
+    let out = hostctl(
+        fx.sysroot(),
+        &[
+            "kargs",
+            "--append-if-missing",
+            "foo=1",
+            "--delete-if-present",
+            "quiet",
+            "--unchanged-exit-77",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(kargs(), "console=tty0 foo=1");
+    // A second append-if-missing does not add it twice.
+    hostctl_ok(fx.sysroot(), &["kargs", "--append-if-missing", "foo=1"]);
+    assert_eq!(kargs(), "console=tty0 foo=1");
+
+    // deploy of the default commit: 77 when asked.
+    let before = fingerprint(fx.sysroot());
+    let out = hostctl(fx.sysroot(), &["deploy", "1.0", "--unchanged-exit-77"]);
+    assert_eq!(out.status.code(), Some(77), "{}", stderr(&out));
+    assert_eq!(
+        hostctl(fx.sysroot(), &["deploy", "1.0"]).status.code(),
+        Some(0)
+    );
+    assert_same(
+        &before,
+        &fingerprint(fx.sysroot()),
+        "deploying the default again",
+    );
+    let c2 = fx.build.commit("stable", "2.0", T0 + 100, &v_files("2.0"));
+    let out = hostctl(fx.sysroot(), &["deploy", "2.0", "--unchanged-exit-77"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(fx.admin_status()[0].checksum, c2);
+
+    // Nothing is pending on a sysroot that is not running: 0, not 77.
+    let out = hostctl(fx.sysroot(), &["status", "--pending-exit-77"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }

@@ -185,3 +185,55 @@ fn a_failed_image_build_leaves_no_image_and_no_loop_device() {
         assert!(left.is_empty(), "{refname}: {left:?}");
     }
 }
+
+/// `--gpg-keyring`: the image's own commit is verified with the key, and
+/// its host keeps the key for its remote: libostree's keyring of `origin`,
+/// with `gpg-verify` on, after the remote is pointed at `--remote-url`.
+#[test]
+fn an_image_trusts_its_gpg_keyring() {
+    let build = BuildRepo::new();
+    let key = GpgKey::generate("build");
+    let sign = key.sign_args();
+    let sign: Vec<&str> = sign.iter().map(String::as_str).collect();
+    let unsigned = build.commit("test/unsigned", "1.0", 1_700_000_000, &base_files("1.0"));
+    let commit = build.commit_with("test/img", "1.0", 1_700_000_000, &base_files("1.0"), &sign);
+    let keyring = key.export(true);
+    let t = scratch();
+    let img = t.path().join("disk.raw");
+    let url = "https://updates.example/repo";
+    let build_image = |refname: &str| {
+        hostctl_run(&[
+            "image",
+            "build",
+            "--repo",
+            build.path.to_str().unwrap(),
+            "--ref",
+            refname,
+            "--output",
+            img.to_str().unwrap(),
+            "--size",
+            "1100M",
+            "--remote-url",
+            url,
+            "--gpg-keyring",
+            keyring.to_str().unwrap(),
+        ])
+    };
+    let out = build_image("test/unsigned");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains(&unsigned), "{}", stderr(&out));
+    assert!(!img.exists());
+    ok(build_image("test/img"));
+    let root = root_partition(&img);
+    let mnt = t.path().join("root-mnt");
+    let _m = PartitionMount::new(&img, &root, &mnt);
+    let repo = format!("--repo={}", mnt.join("ostree/repo").display());
+    let ostree = |args: &[&str]| sh(Command::new("ostree").arg(&repo).args(args));
+    assert_eq!(ostree(&["remote", "show-url", "origin"]).trim(), url);
+    assert_eq!(
+        ostree(&["config", "get", "remote \"origin\".gpg-verify"]).trim(),
+        "true"
+    );
+    let show = ostree(&["show", "--gpg-verify-remote=origin", &commit]);
+    assert!(show.contains("Good signature"), "{show}");
+}

@@ -255,6 +255,30 @@ fn a_network_remote_needs_a_key() {
         args.extend(["--verify-key", key]);
         assert_refused(&fx, &args, &[says]);
     }
+    // A GPG keyring file that holds no key, or does not exist, is refused
+    // naming it; a real one counts as a key (the install then fails only
+    // because nothing listens on port 9).
+    let not_keyring = keys.path().join("notkeys.gpg");
+    fs::write(&not_keyring, "# not a keyring\n").unwrap();
+    for f in ["/nonexistent/keys.gpg", not_keyring.to_str().unwrap()] {
+        let mut args = install.to_vec();
+        args.extend(["--gpg-keyring", f]);
+        assert_refused(&fx, &args, &[f]);
+    }
+    let gpg = GpgKey::generate("a");
+    let keyring = gpg.export(false);
+    let mut args = install.to_vec();
+    args.extend(["--gpg-keyring", keyring.to_str().unwrap()]);
+    let before = fingerprint(fx.sysroot());
+    let out = hostctl(fx.sysroot(), &args);
+    assert!(!out.status.success());
+    assert!(
+        !stderr(&out).contains("without a signing key"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("127.0.0.1:9"), "{}", stderr(&out));
+    assert_same(&before, &fingerprint(fx.sysroot()), "a failed install");
     // A file:// remote may stay unsigned; status says nothing was checked.
     let c1 = fx
         .build
@@ -263,4 +287,196 @@ fn a_network_remote_needs_a_key() {
     let json = status_json(fx.sysroot());
     assert_eq!(json["deployments"][0]["checksum"], c1.as_str());
     assert_eq!(json["deployments"][0]["signature"]["state"], "not-checked");
+}
+
+/// The `ostree.gpgsigs` signatures in a commit's detached metadata file.
+fn gpg_signatures(build: &BuildRepo, checksum: &str) -> Vec<Vec<u8>> {
+    match fs::read(build.detached_path(checksum)) {
+        Ok(bytes) => signatures_in(&bytes, "ostree.gpgsigs"),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[test]
+fn compose_and_sign_gpg_sign_through_libostree_and_gpg_agrees() {
+    let build = BuildRepo::new();
+    let a = GpgKey::generate("a");
+    let b = GpgKey::generate("b");
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, public) = keypair(keys.path(), "ed");
+    let files = deployable(&base_files("1.0"));
+    // Both kinds at once: each signature is there, and each verifies.
+    let mut args = a.sign_args();
+    args.extend(["--sign-key".into(), secret.to_str().unwrap().into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let c = build.commit_with("stable", "1.0", T0, &files, &args);
+    let object = build.commit_object(&c);
+    let sigs = gpg_signatures(&build, &c);
+    assert_eq!(sigs.len(), 1);
+    assert!(a.gpg_verifies(&object, &sigs), "gpg --verify rejects it");
+    assert!(!b.gpg_verifies(&object, &sigs));
+    let ed = signatures(&build.path, &c);
+    assert!(openssl_verifies(keys.path(), &public, &object, &ed[0]));
+    // libostree's own reader, given the exported key as a keyring dir.
+    let keyring_dir = tempfile::tempdir().unwrap();
+    fs::copy(a.export(false), keyring_dir.path().join("a.gpg")).unwrap();
+    let show = sh(Command::new("ostree")
+        .arg(format!("--repo={}", build.path.display()))
+        .arg("show")
+        .arg(format!("--gpg-homedir={}", keyring_dir.path().display()))
+        .arg(&c));
+    assert!(show.contains("Good signature"), "{show}");
+
+    // Signing again with the same key adds nothing; another key adds one.
+    for key in [&a, &a, &b] {
+        let mut args = vec!["sign", "--repo", build.path.to_str().unwrap()];
+        let sign = key.sign_args();
+        args.extend(sign.iter().map(String::as_str));
+        args.push("stable");
+        ok(hostctl_run(&args));
+    }
+    let sigs = gpg_signatures(&build, &c);
+    assert_eq!(sigs.len(), 2, "one signature per key");
+    assert!(b.gpg_verifies(&object, &sigs));
+    assert_eq!(
+        signatures(&build.path, &c),
+        ed,
+        "the ed25519 signature stays"
+    );
+
+    // A key id GnuPG does not know, or a key without its secret half,
+    // fails the compose before any work and creates nothing.
+    let public_only = tempfile::tempdir().unwrap();
+    let home = public_only.path().join("home");
+    fs::create_dir(&home).unwrap();
+    fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).unwrap();
+    sh(Command::new("gpg")
+        .arg("--homedir")
+        .arg(&home)
+        .args(["--batch", "--import"])
+        .arg(a.export(true)));
+    let repo = public_only.path().join("repo");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("treefiles/example.toml");
+    for (key, homedir, says) in [
+        ("0123456789ABCDEF", a.homedir(), "no such public key"),
+        (a.fingerprint.as_str(), home.clone(), "cannot sign"),
+    ] {
+        let out = run_hostctl(
+            hostctl_cmd()
+                .args(["compose", "tree", "--repo"])
+                .arg(&repo)
+                .args(["--gpg-sign", key, "--gpg-homedir"])
+                .arg(&homedir)
+                .arg(&example),
+        );
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(err.contains(says) && err.contains(key), "{err}");
+        assert!(
+            !err.contains("Populating"),
+            "failed only after building: {err}"
+        );
+        assert!(!repo.exists(), "no repository is created");
+    }
+    let _ = Command::new("gpgconf")
+        .arg("--homedir")
+        .arg(&home)
+        .args(["--kill", "gpg-agent"])
+        .status();
+}
+
+#[test]
+fn hosts_accept_only_commits_gpg_signed_by_a_trusted_key() {
+    let fx = Fixture::new();
+    let a = GpgKey::generate("a");
+    let b = GpgKey::generate("b");
+    let a_args = a.sign_args();
+    let a_args: Vec<&str> = a_args.iter().map(String::as_str).collect();
+    let files = |v: &str| deployable(&base_files(v));
+    let sign = |rev: &str, key: &GpgKey| {
+        let mut args = vec!["sign", "--repo", fx.build.path.to_str().unwrap()];
+        let s = key.sign_args();
+        args.extend(s.iter().map(String::as_str));
+        args.push(rev);
+        ok(hostctl_run(&args));
+    };
+
+    let c1 = fx
+        .build
+        .commit_with("stable", "1.0", T0, &files("1.0"), &a_args);
+    let keyring = a.export(true);
+    let url = fx.build.url();
+    let out = hostctl_ok(
+        fx.sysroot(),
+        &[
+            "install",
+            "--repo",
+            &url,
+            "--ref",
+            "stable",
+            "--gpg-keyring",
+            keyring.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.contains(&format!("signed by GPG key {}", a.fingerprint)),
+        "{out}"
+    );
+    assert_eq!(fx.admin_status()[0].checksum, c1);
+    // The key is stored as libostree's keyring of the remote.
+    let stored = fx.sysroot().join("ostree/repo/origin.trustedkeys.gpg");
+    assert!(stored.is_file());
+
+    // Unsigned: refused, naming commit, ref and the keyring consulted.
+    let c2 = fx.build.commit("stable", "2.0", T0 + 100, &files("2.0"));
+    assert_refused(
+        &fx,
+        &["upgrade"],
+        &[&c2, "stable", "not signed", "origin.trustedkeys.gpg"],
+    );
+    // Signed by a key the host does not trust.
+    sign(&c2, &b);
+    assert_refused(
+        &fx,
+        &["upgrade"],
+        &[&c2, "stable", "not trusted", "origin.trustedkeys.gpg"],
+    );
+    // c1's valid signature copied onto c2: it does not match.
+    fs::copy(fx.build.detached_path(&c1), fx.build.detached_path(&c2)).unwrap();
+    assert_refused(
+        &fx,
+        &["upgrade"],
+        &[&c2, "stable", "does not match", "origin.trustedkeys.gpg"],
+    );
+    assert_refused(&fx, &["deploy", "2.0"], &[&c2]);
+    // Signed by the trusted key: accepted.
+    fs::remove_file(fx.build.detached_path(&c2)).unwrap();
+    sign(&c2, &a);
+    hostctl_ok(fx.sysroot(), &["upgrade"]);
+    let st = fx.admin_status();
+    assert_eq!(
+        (st[0].checksum.as_str(), st[1].checksum.as_str()),
+        (c2.as_str(), c1.as_str())
+    );
+    // status names the GPG key, and libostree (given the keyring hostctl
+    // stored) agrees that the deployed commit is signed by it.
+    let json = status_json(fx.sysroot());
+    for d in json["deployments"].as_array().unwrap() {
+        assert_eq!(d["signature"]["state"], "verified", "{d}");
+        assert_eq!(d["signature"]["gpg-key"], a.fingerprint.as_str(), "{d}");
+        assert!(d["signature"].get("key").is_none(), "{d}");
+    }
+    let text = hostctl_ok(fx.sysroot(), &["status"]);
+    assert!(
+        text.contains(&format!("Signature: verified, GPG key {}", a.fingerprint)),
+        "{text}"
+    );
+    let show = sh(Command::new("ostree")
+        .arg(format!(
+            "--repo={}",
+            fx.sysroot().join("ostree/repo").display()
+        ))
+        .args(["show", "--gpg-verify-remote=origin", &c2]));
+    assert!(show.contains("Good signature"), "{show}");
+    fsck(fx.sysroot());
 }

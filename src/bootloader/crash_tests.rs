@@ -20,7 +20,7 @@ struct Dep {
     csum: char,
     serial: u32,
     kernel: &'static str,
-    kargs: &'static str,
+    kargs: String,
 }
 
 impl Dep {
@@ -34,7 +34,7 @@ fn dep(csum: char, serial: u32, kernel: &'static str, kargs: &'static str) -> De
         csum,
         serial,
         kernel,
-        kargs,
+        kargs: kargs.to_string(),
     }
 }
 
@@ -65,11 +65,28 @@ fn ostree_state(deps: &[Dep], bootversion: u32) -> (Vec<OstreeEntry>, BTreeMap<S
     (entries, links)
 }
 
-fn write_kernels(boot: &Path, kernels: &[&str]) {
+/// What the kernel files on the simulated `/boot` hold.
+#[derive(Clone, Copy)]
+pub(super) enum Kernels<'a> {
+    /// A few kilobytes of text, different for each kernel: enough for the
+    /// model, which only needs files to exist and copies to be complete.
+    Fake,
+    /// The same bootable kernel image for every kernel, so that real firmware
+    /// can boot any state of the ESP (initramfs images stay junk).
+    Real(&'a Path),
+}
+
+fn write_kernels(boot: &Path, kernels: &[&str], source: Kernels) {
     for k in kernels {
         let dir = boot.join(format!("ostree/debian-{k}"));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("vmlinuz-6.1"), format!("kernel {k} ").repeat(500)).unwrap();
+        let vmlinuz = dir.join("vmlinuz-6.1");
+        match source {
+            Kernels::Fake => std::fs::write(vmlinuz, format!("kernel {k} ").repeat(500)).unwrap(),
+            Kernels::Real(image) => {
+                std::fs::copy(image, vmlinuz).unwrap();
+            }
+        }
         std::fs::write(
             dir.join("initramfs-6.1.img"),
             format!("initramfs {k} ").repeat(900),
@@ -152,7 +169,7 @@ fn booted(esp: &dyn EspFs, boot: &Path, links: &BTreeMap<String, DeployId>) -> O
     )
 }
 
-struct Transition {
+pub(super) struct Transition {
     name: &'static str,
     old: Vec<Dep>,
     new: Vec<Dep>,
@@ -163,17 +180,29 @@ struct Transition {
     counters: Vec<(usize, &'static str)>,
 }
 
+impl Transition {
+    /// Appends `extra` to every deployment's kernel arguments, old and new
+    /// alike, so that the transition itself is unchanged.
+    pub(super) fn add_kargs(&mut self, extra: &str) {
+        for d in self.old.iter_mut().chain(&mut self.new) {
+            d.kargs = format!("{} {extra}", d.kargs);
+        }
+    }
+}
+
 /// Where a trial's ESP lives: a directory (what a booted host has mounted)
 /// or a FAT filesystem in an image file written with mtools (what `image
 /// build` uses).
 #[derive(Clone, Copy, Debug)]
-enum Backend {
+pub(super) enum Backend {
     Dir,
     Mtools,
 }
 
 impl Backend {
-    /// An empty ESP at `at` (a directory or an image file).
+    /// An empty ESP at `at`: a directory, or an image file made as `image
+    /// build` makes the ESP, big enough for real kernels and of the same
+    /// geometry (cluster size) as the ESP the firmware reads.
     fn create(self, at: &Path) -> Box<dyn EspFs> {
         match self {
             Backend::Dir => {
@@ -181,14 +210,7 @@ impl Backend {
                 Box::new(DirEsp::new(at))
             }
             Backend::Mtools => {
-                crate::util::run(
-                    std::process::Command::new("mkfs.vfat")
-                        .args(["-F", "32", "-C", "-n", "ESP"])
-                        .arg(at)
-                        .arg("40960"),
-                    "mkfs.vfat",
-                )
-                .unwrap();
+                crate::image::disk::mkfs_esp(at, crate::image::layout::ESP_SIZE).unwrap();
                 Box::new(MtoolsEsp::new(at, 0))
             }
         }
@@ -203,7 +225,15 @@ impl Backend {
                 Box::new(DirEsp::new(to))
             }
             Backend::Mtools => {
-                std::fs::copy(from, to).unwrap();
+                // Mostly holes: a plain copy would write all of it, every time.
+                crate::util::run(
+                    std::process::Command::new("cp")
+                        .arg("--sparse=always")
+                        .arg(from)
+                        .arg(to),
+                    "cp",
+                )
+                .unwrap();
                 Box::new(MtoolsEsp::new(to, 0))
             }
         }
@@ -228,131 +258,186 @@ fn run(t: &Transition) -> usize {
     run_with(t, Backend::Dir, &|_| {})
 }
 
+/// Replays `t` with a crash after every number of writes, changing each
+/// publish's plan by `mutate`; returns how many writes the publish takes.
 fn run_with(t: &Transition, backend: Backend, mutate: &dyn Fn(&mut Plan)) -> usize {
-    let work = tempfile::tempdir().unwrap();
-    let boot = work.path().join("boot");
-    let kernels: BTreeSet<&str> = t.old.iter().chain(&t.new).map(|d| d.kernel).collect();
-    write_kernels(&boot, &kernels.into_iter().collect::<Vec<_>>());
-
-    let (old_entries, old_links) = ostree_state(&t.old, 0);
-    let (new_entries, new_links) = ostree_state(&t.new, u32::from(t.new_bootversion));
-    let links: BTreeMap<String, DeployId> = if t.new_bootversion {
-        old_links.into_iter().chain(new_links.clone()).collect()
-    } else {
-        new_links.clone()
-    };
-
-    let start: PathBuf = work.path().join("start");
-    let start_esp = backend.create(&start);
-    if !t.old.is_empty() {
-        publish_entries(&old_entries, &boot, start_esp.as_ref()).unwrap();
-    }
-    let mut bad = BTreeSet::new();
-    for &(i, suffix) in &t.counters {
-        let base = base_of(&old_entries, &boot, i);
-        set_counter(start_esp.as_ref(), &base, suffix);
-        if suffix.starts_with("+0") {
-            bad.insert(base);
-        }
-    }
-    let before_names: BTreeSet<String> = read_snapshot(start_esp.as_ref())
-        .unwrap()
-        .entries
-        .into_iter()
-        .map(|e| e.file_name)
-        .collect();
-
-    let allowed: Vec<DeployId> = [
-        first_good(&old_entries, &boot, &bad),
-        first_good(&new_entries, &boot, &bad),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-
+    let r = Replay::new(t, backend, Kernels::Fake);
     for n in 0.. {
-        let esp = backend.copy(&start, &work.path().join(format!("esp-{n}")));
+        let (esp, crashed) = r.crash_after(n, &r.scratch(&format!("esp-{n}")), mutate);
         let esp = esp.as_ref();
-        let crashing = CrashingEsp::new(esp, n);
-        let result = publish_mutated(&new_entries, &boot, &crashing, mutate);
-        let got = booted(esp, &boot, &links);
-        match &got {
-            None => assert!(
-                t.old.is_empty(),
-                "{}: nothing bootable after {n} writes",
-                t.name
-            ),
-            Some(d) => assert!(
-                allowed.contains(d),
-                "{}: after {n} writes the default boots {d:?}, not one of {allowed:?}",
-                t.name
-            ),
+        r.booted_after(n, esp);
+        if crashed {
+            // After the power comes back, a publish completes the job.
+            publish_entries(&r.new_entries, &r.boot, esp).unwrap();
         }
-        if !crashing.crashed() {
-            result.unwrap();
-            check_final(t, esp, &new_entries, &boot, &links, &before_names, &bad);
+        r.check_final(esp);
+        if !crashed {
             return n;
         }
-        assert!(result.is_err());
-        // After the power comes back, a publish completes the job.
-        publish_entries(&new_entries, &boot, esp).unwrap();
-        check_final(t, esp, &new_entries, &boot, &links, &before_names, &bad);
     }
     unreachable!()
 }
 
-fn check_final(
-    t: &Transition,
-    esp: &dyn EspFs,
-    new_entries: &[OstreeEntry],
-    boot: &Path,
-    links: &BTreeMap<String, DeployId>,
-    before_names: &BTreeSet<String>,
-    bad: &BTreeSet<String>,
-) {
-    assert_eq!(
-        booted(esp, boot, links),
-        first_good(new_entries, boot, bad),
-        "{}: final default",
-        t.name
-    );
-    let snap = read_snapshot(esp).unwrap();
-    assert!(snap.temps.is_empty(), "{}: temporary files left", t.name);
-    let bases: BTreeSet<String> = snap.entries.iter().map(|e| e.base.clone()).collect();
-    let want: BTreeSet<String> = (0..new_entries.len())
-        .map(|i| base_of(new_entries, boot, i))
-        .collect();
-    assert_eq!(bases, want, "{}: exactly one entry per deployment", t.name);
-    for e in &snap.entries {
-        let kept = before_names
-            .iter()
-            .find(|n| split_counter(n).map(|(b, _)| b) == Some(e.base.as_str()));
-        match kept {
-            Some(old_name) => assert_eq!(
-                &e.file_name, old_name,
-                "{}: counter or blessing of an existing entry changed",
-                t.name
-            ),
-            None => assert!(e.file_name.ends_with("+3.conf"), "{}", e.file_name),
+/// A transition set up for replaying: the simulated `/boot`, libostree's new
+/// entries and every bootlink either side of the switch, and the ESP as the
+/// old publish and systemd-boot's counting left it.
+pub(super) struct Replay {
+    name: &'static str,
+    work: tempfile::TempDir,
+    backend: Backend,
+    boot: PathBuf,
+    new_entries: Vec<OstreeEntry>,
+    /// Every bootlink an entry on the ESP may name → its deployment.
+    links: BTreeMap<String, DeployId>,
+    start: PathBuf,
+    before_names: BTreeSet<String>,
+    bad: BTreeSet<String>,
+    /// What the invariant allows at any instant: the old and the new first
+    /// good deployment (none before a first install).
+    allowed: [Option<DeployId>; 2],
+}
+
+impl Replay {
+    pub(super) fn new(t: &Transition, backend: Backend, kernels: Kernels) -> Replay {
+        let work = tempfile::tempdir().unwrap();
+        let boot = work.path().join("boot");
+        let names: BTreeSet<&str> = t.old.iter().chain(&t.new).map(|d| d.kernel).collect();
+        write_kernels(&boot, &names.into_iter().collect::<Vec<_>>(), kernels);
+
+        let (old_entries, old_links) = ostree_state(&t.old, 0);
+        let (new_entries, new_links) = ostree_state(&t.new, u32::from(t.new_bootversion));
+        let links: BTreeMap<String, DeployId> = if t.new_bootversion {
+            old_links.into_iter().chain(new_links).collect()
+        } else {
+            new_links
+        };
+
+        let start = work.path().join("start");
+        let start_esp = backend.create(&start);
+        if !t.old.is_empty() {
+            publish_entries(&old_entries, &boot, start_esp.as_ref()).unwrap();
+        }
+        let mut bad = BTreeSet::new();
+        for &(i, suffix) in &t.counters {
+            let base = base_of(&old_entries, &boot, i);
+            set_counter(start_esp.as_ref(), &base, suffix);
+            if suffix.starts_with("+0") {
+                bad.insert(base);
+            }
+        }
+        let before_names: BTreeSet<String> = read_snapshot(start_esp.as_ref())
+            .unwrap()
+            .entries
+            .into_iter()
+            .map(|e| e.file_name)
+            .collect();
+
+        let allowed = [
+            first_good(&old_entries, &boot, &bad),
+            first_good(&new_entries, &boot, &bad),
+        ];
+        Replay {
+            name: t.name,
+            work,
+            backend,
+            boot,
+            new_entries,
+            links,
+            start,
+            before_names,
+            bad,
+            allowed,
         }
     }
-    let dirs: BTreeSet<String> = snap.kernel_dirs.keys().cloned().collect();
-    let want_dirs: BTreeSet<String> = new_entries
-        .iter()
-        .map(|e| plan::kernel_dir(&e.osname, &e.bootcsum))
-        .collect();
-    assert_eq!(dirs, want_dirs, "{}: kernel directories", t.name);
-    let again = publish_entries(new_entries, boot, esp).unwrap();
-    assert!(
-        again.ops.is_empty(),
-        "{}: republish did {:?}",
-        t.name,
-        again.ops
-    );
-    assert!(snap
-        .entries
-        .iter()
-        .all(|e| e.base.starts_with(ENTRY_PREFIX)));
+
+    /// A path in the replay's scratch directory.
+    pub(super) fn scratch(&self, name: &str) -> PathBuf {
+        self.work.path().join(name)
+    }
+
+    /// The deployment a kernel command line's `ostree=` bootlink leads to.
+    pub(super) fn deployment_of(&self, cmdline: &str) -> Option<&DeployId> {
+        self.links.get(ostree_karg(cmdline)?)
+    }
+
+    /// The ESP at `at` after a publish (its plan changed by `mutate`) lost
+    /// power after `n` writes, and whether it did: with `n` at least the
+    /// number of writes, the publish completes.
+    pub(super) fn crash_after(
+        &self,
+        n: usize,
+        at: &Path,
+        mutate: &dyn Fn(&mut Plan),
+    ) -> (Box<dyn EspFs>, bool) {
+        let esp = self.backend.copy(&self.start, at);
+        let crashing = CrashingEsp::new(esp.as_ref(), n);
+        let result = publish_mutated(&self.new_entries, &self.boot, &crashing, mutate);
+        let crashed = crashing.crashed();
+        match result {
+            Ok(()) => assert!(!crashed, "{}: a publish crashed without error", self.name),
+            Err(e) => assert!(crashed, "{}: publish failed: {e:#}", self.name),
+        }
+        (esp, crashed)
+    }
+
+    /// What the model says `esp`, the state after `n` writes, boots; panics
+    /// unless the invariant allows it.
+    pub(super) fn booted_after(&self, n: usize, esp: &dyn EspFs) -> Option<DeployId> {
+        let got = booted(esp, &self.boot, &self.links);
+        assert!(
+            self.allowed.contains(&got),
+            "{}: after {n} writes the default boots {got:?}, not one of {:?}",
+            self.name,
+            self.allowed
+        );
+        got
+    }
+
+    fn check_final(&self, esp: &dyn EspFs) {
+        let name = self.name;
+        let (boot, new_entries) = (&self.boot, &self.new_entries);
+        assert_eq!(
+            booted(esp, boot, &self.links),
+            first_good(new_entries, boot, &self.bad),
+            "{name}: final default"
+        );
+        let snap = read_snapshot(esp).unwrap();
+        assert!(snap.temps.is_empty(), "{name}: temporary files left");
+        let bases: BTreeSet<String> = snap.entries.iter().map(|e| e.base.clone()).collect();
+        let want: BTreeSet<String> = (0..new_entries.len())
+            .map(|i| base_of(new_entries, boot, i))
+            .collect();
+        assert_eq!(bases, want, "{name}: exactly one entry per deployment");
+        for e in &snap.entries {
+            let kept = self
+                .before_names
+                .iter()
+                .find(|n| split_counter(n).map(|(b, _)| b) == Some(e.base.as_str()));
+            match kept {
+                Some(old_name) => assert_eq!(
+                    &e.file_name, old_name,
+                    "{name}: counter or blessing of an existing entry changed"
+                ),
+                None => assert!(e.file_name.ends_with("+3.conf"), "{}", e.file_name),
+            }
+        }
+        let dirs: BTreeSet<String> = snap.kernel_dirs.keys().cloned().collect();
+        let want_dirs: BTreeSet<String> = new_entries
+            .iter()
+            .map(|e| plan::kernel_dir(&e.osname, &e.bootcsum))
+            .collect();
+        assert_eq!(dirs, want_dirs, "{name}: kernel directories");
+        let again = publish_entries(new_entries, boot, esp).unwrap();
+        assert!(
+            again.ops.is_empty(),
+            "{name}: republish did {:?}",
+            again.ops
+        );
+        assert!(snap
+            .entries
+            .iter()
+            .all(|e| e.base.starts_with(ENTRY_PREFIX)));
+    }
 }
 
 /// Every transition the crash tests replay, by the name of its test.
@@ -513,7 +598,7 @@ fn transitions() -> Vec<(&'static str, Transition)> {
     ]
 }
 
-fn transition(name: &str) -> Transition {
+pub(super) fn transition(name: &str) -> Transition {
     transitions()
         .into_iter()
         .find(|(n, _)| *n == name)
@@ -582,7 +667,7 @@ fn after_bad_entry_upgrade() {
 fn fallback_is_detected() {
     let work = tempfile::tempdir().unwrap();
     let boot = work.path().join("boot");
-    write_kernels(&boot, &["k1", "k2"]);
+    write_kernels(&boot, &["k1", "k2"], Kernels::Fake);
     let deps = [dep('b', 0, "k2", "rw"), dep('a', 0, "k1", "rw")];
     let (entries, _) = ostree_state(&deps, 0);
     let esp_dir = work.path().join("esp");
@@ -625,7 +710,7 @@ fn upgrade_replacing_an_unbooted_default() {
 fn empty_deployment_list_changes_nothing() {
     let work = tempfile::tempdir().unwrap();
     let boot = work.path().join("boot");
-    write_kernels(&boot, &["k1"]);
+    write_kernels(&boot, &["k1"], Kernels::Fake);
     let (entries, _) = ostree_state(&[dep('a', 0, "k1", "rw")], 0);
     let esp_dir = work.path().join("esp");
     std::fs::create_dir(&esp_dir).unwrap();

@@ -22,6 +22,8 @@ pub mod sdboot;
 
 #[cfg(test)]
 mod crash_tests;
+#[cfg(test)]
+mod firmware_tests;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;

@@ -7,6 +7,7 @@ use ostree::gio;
 use ostree::glib;
 use ostree::prelude::*;
 
+use crate::format::gpg::{self, GpgSigner};
 use crate::format::sign::{self, SecretKey};
 
 /// What goes into the commit besides the tree.
@@ -18,6 +19,8 @@ pub struct NewCommit<'a> {
     pub metadata: glib::VariantDict,
     /// Sign the commit with this key before the ref moves to it.
     pub sign_key: Option<&'a SecretKey>,
+    /// And with these GPG keys.
+    pub gpg_signers: &'a [GpgSigner],
 }
 
 /// Write `tree` into `repo` and move the ref to the new commit, all in one
@@ -85,6 +88,10 @@ fn write(repo: &ostree::Repo, tree: &Path, c: &NewCommit) -> Result<String> {
     if let Some(key) = c.sign_key {
         sign::sign_commit(repo, &checksum, key)
             .with_context(|| format!("signing {checksum} with {}", key.source))?;
+    }
+    for signer in c.gpg_signers {
+        gpg::sign_commit(repo, &checksum, signer)
+            .with_context(|| format!("signing {checksum} with {}", signer.describe()))?;
     }
     repo.transaction_set_ref(None, c.refname, Some(&checksum));
     Ok(checksum.to_string())

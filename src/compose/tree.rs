@@ -9,7 +9,7 @@ use ostree::glib;
 
 use super::treefile::{self, Treefile};
 use super::{commit, initramfs, inputhash, packages, postprocess, rootfs, sysusers, version};
-use crate::format::{keys, pkglist, repo, sign};
+use crate::format::{gpg, keys, pkglist, repo, sign};
 use crate::util;
 use crate::Outcome;
 
@@ -25,6 +25,10 @@ pub struct ComposeOptions {
     pub treefile: PathBuf,
     /// ed25519 secret key file to sign the new commit with.
     pub sign_key: Option<PathBuf>,
+    /// GPG key ids to sign the new commit with, through libostree.
+    pub gpg_sign: Vec<String>,
+    /// GnuPG home directory holding them (default: GnuPG's own).
+    pub gpg_homedir: Option<PathBuf>,
 }
 
 pub fn run(args: &ComposeOptions) -> Result<Outcome> {
@@ -38,6 +42,11 @@ pub fn run(args: &ComposeOptions) -> Result<Outcome> {
         .as_deref()
         .map(sign::read_secret)
         .transpose()?;
+    let gpg_signers = args
+        .gpg_sign
+        .iter()
+        .map(|k| gpg::GpgSigner::open(k, args.gpg_homedir.as_deref()))
+        .collect::<Result<Vec<_>>>()?;
     // Serialise composes of this ref from here to the moved ref, so each
     // one's parent is the previous one's commit. Without a repository yet,
     // the lock is taken once the repository exists, before the parent is read.
@@ -123,6 +132,7 @@ pub fn run(args: &ComposeOptions) -> Result<Outcome> {
             subject: &subject,
             metadata,
             sign_key: sign_key.as_ref(),
+            gpg_signers: &gpg_signers,
         },
     )?;
     // The summary lets clients list refs over HTTP; the commit is already

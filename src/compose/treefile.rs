@@ -797,4 +797,26 @@ d = """x""""
         assert!(e.contains("inc.toml:2:"), "{e}");
         assert!(e.contains("key `bogus`"), "{e}");
     }
+
+    /// The reference host runs the update agent: its timer is enabled and
+    /// its defaults file comes from an overlay that exists.
+    #[test]
+    fn the_reference_treefile_enables_the_agent_and_ships_its_defaults() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let tf = load(&root.join("treefiles/debian-minimal.toml")).unwrap();
+        assert!(
+            tf.units.iter().any(|u| u == "hostctl-agent.timer"),
+            "{:?}",
+            tf.units
+        );
+        assert!(root.join("systemd-units/hostctl-agent.timer").is_file());
+        assert!(root.join("systemd-units/hostctl-agent.service").is_file());
+        assert!(
+            tf.overlays
+                .iter()
+                .any(|o| o.join("usr/lib/hostctl/hostctl.toml").is_file()),
+            "{:?}",
+            tf.overlays
+        );
+    }
 }

@@ -17,6 +17,10 @@ pub const PACKAGES: &str = "hostctl.packages";
 /// libostree itself uses.
 pub const SIGN_ED25519: &str = "ostree.sign.ed25519";
 
+/// Detached metadata (of a commit, and in `summary.sig`): OpenPGP
+/// signatures, `aay`, one binary signature per element; libostree's key.
+pub const SIGN_GPG: &str = "ostree.gpgsigs";
+
 /// Remote option in a host's repository config: the ed25519 public keys
 /// (base64, `;`-separated) every commit pulled from that remote must be
 /// signed by. libostree ignores options it does not know.

@@ -151,11 +151,24 @@ pub fn find_signer<'k>(
 }
 
 /// The bytes a signature covers: the commit object as stored.
-fn commit_bytes(repo: &ostree::Repo, checksum: &str) -> Result<glib::Bytes> {
+pub fn commit_bytes(repo: &ostree::Repo, checksum: &str) -> Result<glib::Bytes> {
     let v = repo
         .load_variant(ostree::ObjectType::Commit, checksum)
         .with_context(|| format!("loading commit {checksum}"))?;
     Ok(v.data_as_bytes())
+}
+
+/// The ed25519 signatures in detached metadata (of a commit or a summary).
+pub fn signatures(dict: &glib::VariantDict, what: &str) -> Result<Vec<Vec<u8>>> {
+    match dict.lookup_value(SIGN_ED25519, None) {
+        None => Ok(Vec::new()),
+        Some(v) => v.get::<Vec<Vec<u8>>>().with_context(|| {
+            format!(
+                "{what}: `{SIGN_ED25519}` has type {}, expected aay",
+                v.type_()
+            )
+        }),
+    }
 }
 
 /// The commit's detached metadata and the ed25519 signatures in it.
@@ -164,15 +177,7 @@ fn detached(repo: &ostree::Repo, checksum: &str) -> Result<(glib::VariantDict, V
         .read_commit_detached_metadata(checksum, gio::Cancellable::NONE)
         .with_context(|| format!("reading the detached metadata of commit {checksum}"))?;
     let dict = glib::VariantDict::new(meta.as_ref());
-    let sigs = match dict.lookup_value(SIGN_ED25519, None) {
-        None => Vec::new(),
-        Some(v) => v.get::<Vec<Vec<u8>>>().with_context(|| {
-            format!(
-                "commit {checksum}: `{SIGN_ED25519}` has type {}, expected aay",
-                v.type_()
-            )
-        })?,
-    };
+    let sigs = signatures(&dict, &format!("commit {checksum}"))?;
     Ok((dict, sigs))
 }
 
@@ -200,13 +205,24 @@ pub fn verify_commit<'k>(
 ) -> Result<&'k PublicKey> {
     let data = commit_bytes(repo, checksum)?;
     let (_, sigs) = detached(repo, checksum)?;
+    check(keys, &data, &sigs, &format!("commit {checksum}"))
+}
+
+/// Check that one of `keys` made one of `sigs` over `data` (`what` names
+/// the data for messages, with the keys' sources); returns that key.
+pub fn check<'k>(
+    keys: &'k [PublicKey],
+    data: &[u8],
+    sigs: &[Vec<u8>],
+    what: &str,
+) -> Result<&'k PublicKey> {
     let consulted = describe_sources(keys);
     if sigs.is_empty() {
-        bail!("commit {checksum} is not signed (no `{SIGN_ED25519}` signature); trusted keys: {consulted}");
+        bail!("{what} is not signed (no `{SIGN_ED25519}` signature); trusted keys: {consulted}");
     }
-    find_signer(keys, &data, &sigs).with_context(|| {
+    find_signer(keys, data, sigs).with_context(|| {
         format!(
-            "commit {checksum}: none of its {} signature(s) is valid for a trusted key ({consulted}); it was signed by another key or changed after signing",
+            "{what}: none of its {} signature(s) is valid for a trusted key ({consulted}); it was signed by another key or changed after signing",
             sigs.len()
         )
     })

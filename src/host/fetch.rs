@@ -161,6 +161,16 @@ pub fn probe(
         gio::Cancellable::NONE,
     )
     .with_context(|| format!("configuring temporary remote for {url}"))?;
+    // With keys, a networked remote's ref is taken only from its verified
+    // summary, and exactly that commit is fetched.
+    let pinned = crate::host::trust::verified_head(
+        sysroot_repo,
+        &repo,
+        PROBE_REMOTE,
+        remote,
+        &url,
+        &refspec.branch,
+    )?;
     let flags = if full {
         ostree::RepoPullFlags::NONE
     } else {
@@ -168,7 +178,7 @@ pub fn probe(
     };
     repo.pull_with_options(
         PROBE_REMOTE,
-        &pull_options(&refspec.branch, flags, depth, None),
+        &pull_options(&refspec.branch, flags, depth, pinned.as_deref()),
         None,
         gio::Cancellable::NONE,
     )
@@ -179,11 +189,14 @@ pub fn probe(
             refspec.branch
         )
     })?;
-    let head = repo
-        .resolve_rev(&format!("{PROBE_REMOTE}:{}", refspec.branch), false)
-        .with_context(|| format!("ref {} not found on remote {remote}", refspec.branch))?
-        .with_context(|| format!("ref {} not found on remote {remote}", refspec.branch))?
-        .to_string();
+    let head = match pinned {
+        Some(head) => head,
+        None => repo
+            .resolve_rev(&format!("{PROBE_REMOTE}:{}", refspec.branch), false)
+            .with_context(|| format!("ref {} not found on remote {remote}", refspec.branch))?
+            .with_context(|| format!("ref {} not found on remote {remote}", refspec.branch))?
+            .to_string(),
+    };
     Ok(Probe {
         repo,
         head,
@@ -223,6 +236,11 @@ fn explain_pull_error(e: glib::Error) -> anyhow::Error {
 /// remote's keys: `probe` already holds the commit object and its
 /// signatures, and a pull by checksum can only bring that commit's objects,
 /// each verified by libostree.
+///
+/// A pull that is interrupted (killed, network gone) leaves the commit
+/// marked partial and the objects it received in the repository's staging
+/// directory; the next run checks the signature again, and libostree then
+/// fetches only what is still missing.
 pub fn pull_into_sysroot(repo: &ostree::Repo, probe: &Probe, checksum: &str) -> Result<()> {
     let refspec = &probe.refspec;
     let Some(remote) = refspec.remote.as_deref() else {
@@ -236,27 +254,136 @@ pub fn pull_into_sysroot(repo: &ostree::Repo, probe: &Probe, checksum: &str) -> 
             return Ok(());
         }
     }
-    if let Some(key) = crate::host::trust::verify_before_pull(
+    if let Some(keys) = crate::host::trust::verify_before_pull(
         repo,
         &probe.repo,
         remote,
         &refspec.branch,
         checksum,
     )? {
-        println!("Commit {checksum} is signed by key {}.", key.to_base64());
+        println!("Commit {checksum} is signed by {keys}.");
     }
+    place_verified_commit(repo, &probe.repo, checksum)?;
     println!("Pulling {checksum} from {remote}:{}...", refspec.branch);
-    repo.pull_with_options(
-        remote,
-        &pull_options(
-            &refspec.branch,
-            ostree::RepoPullFlags::NONE,
-            0,
-            Some(checksum),
-        ),
-        None,
+    pull_with_progress(repo, remote, refspec, checksum, false)?;
+    if let Err(e) = check_complete(repo, checksum) {
+        // Only a static delta can leave a commit incomplete: libostree
+        // trusts it to bring every new object and does not walk the tree
+        // (see place_verified_commit). An object pull walks it.
+        eprintln!("{e:#}; fetching what is missing without static deltas");
+        repo.mark_commit_partial(checksum, true)
+            .with_context(|| format!("marking {checksum} partial again"))?;
+        pull_with_progress(repo, remote, refspec, checksum, true)?;
+        if let Err(e) = check_complete(repo, checksum) {
+            // Still incomplete: the partial mark keeps the next run from
+            // taking the commit for a whole one and skipping the pull.
+            let _ = repo.mark_commit_partial(checksum, true);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn pull_with_progress(
+    repo: &ostree::Repo,
+    remote: &str,
+    refspec: &Refspec,
+    checksum: &str,
+    no_deltas: bool,
+) -> Result<()> {
+    let opts = pull_options(
+        &refspec.branch,
+        ostree::RepoPullFlags::NONE,
+        0,
+        Some(checksum),
+    );
+    let opts = if no_deltas {
+        let d = glib::VariantDict::new(Some(&opts));
+        d.insert_value("disable-static-deltas", &true.to_variant());
+        d.end()
+    } else {
+        opts
+    };
+    let printer = crate::host::progress::Printer::new();
+    let pulled = repo
+        .pull_with_options(
+            remote,
+            &opts,
+            Some(printer.progress()),
+            gio::Cancellable::NONE,
+        )
+        .map_err(explain_pull_error)
+        .with_context(|| format!("pulling {checksum} of {refspec} into the sysroot repository"));
+    printer.finish(pulled.is_ok());
+    pulled
+}
+
+/// Put the commit object that was just verified, with its signatures, into
+/// the sysroot repository, marked partial, before any of its files.
+///
+/// Two reasons. libostree 2022.7, when a static delta brings a commit it
+/// does not have yet, writes the commit from the delta's superblock and
+/// at once walks its tree while the delta parts are still being applied,
+/// so every new file that is not written yet is fetched a second time as a
+/// loose object (about twice the download; ostreedev/ostree#2053). When
+/// the commit is already there, libostree applies the delta alone. And
+/// the object written here is the verified one: `write_metadata` checks it
+/// against `checksum`, so the commit libostree then completes is the
+/// checked one whichever way its files arrive.
+///
+/// The partial mark goes first: a run killed in between must not leave a
+/// commit that looks complete without its files.
+fn place_verified_commit(repo: &ostree::Repo, source: &ostree::Repo, checksum: &str) -> Result<()> {
+    let have = repo
+        .has_object(ostree::ObjectType::Commit, checksum, gio::Cancellable::NONE)
+        .with_context(|| format!("looking up commit {checksum} in the sysroot repository"))?;
+    if have {
+        // Left by an interrupted pull (it is partial, or the caller had
+        // returned): libostree resumes from it.
+        return Ok(());
+    }
+    let commit = source
+        .load_variant(ostree::ObjectType::Commit, checksum)
+        .with_context(|| format!("reading the verified commit {checksum}"))?;
+    let detached = source
+        .read_commit_detached_metadata(checksum, gio::Cancellable::NONE)
+        .with_context(|| format!("reading the signatures of commit {checksum}"))?;
+    repo.mark_commit_partial(checksum, true)
+        .with_context(|| format!("marking commit {checksum} partial in the sysroot repository"))?;
+    if let Some(d) = &detached {
+        repo.write_commit_detached_metadata(checksum, Some(d), gio::Cancellable::NONE)
+            .with_context(|| format!("writing the signatures of commit {checksum}"))?;
+    }
+    repo.write_metadata(
+        ostree::ObjectType::Commit,
+        Some(checksum),
+        &commit,
         gio::Cancellable::NONE,
     )
-    .map_err(explain_pull_error)
-    .with_context(|| format!("pulling {checksum} of {refspec} into the sysroot repository"))
+    .with_context(|| format!("writing commit {checksum} into the sysroot repository"))?;
+    Ok(())
+}
+
+/// Every object of `checksum`'s tree is in the repository: what a deploy
+/// will check out. A missing directory object fails the walk itself.
+fn check_complete(repo: &ostree::Repo, checksum: &str) -> Result<()> {
+    let objects = repo
+        .traverse_commit(checksum, 0, gio::Cancellable::NONE)
+        .with_context(|| format!("commit {checksum} is incomplete after the pull"))?;
+    let mut missing = 0usize;
+    for o in &objects {
+        let have = repo
+            .has_object(o.object_type(), o.checksum(), gio::Cancellable::NONE)
+            .with_context(|| format!("looking up object {o} of commit {checksum}"))?;
+        if !have {
+            missing += 1;
+        }
+    }
+    if missing > 0 {
+        anyhow::bail!(
+            "commit {checksum} lacks {missing} of its {} objects after the pull",
+            objects.len()
+        );
+    }
+    Ok(())
 }

@@ -23,6 +23,9 @@ pub struct InstallOptions {
     /// Files of ed25519 public keys; every commit from the remote must be
     /// signed by one of them.
     pub verify_keys: Vec<PathBuf>,
+    /// GPG keyring files (`gpg --export`); every commit from the remote
+    /// must be signed by one of their keys.
+    pub gpg_keyrings: Vec<PathBuf>,
     /// Accept an http(s) remote without keys.
     pub allow_unsigned: bool,
 }
@@ -65,7 +68,12 @@ fn top_level_entries(path: &Path) -> Result<Vec<std::ffi::OsString>> {
 fn install_inner(t: &Target, args: &InstallOptions) -> Result<Outcome> {
     let path = t.sysroot;
     let keys = trust::read_key_files(&args.verify_keys)?;
-    trust::check_policy(&args.repo, !keys.is_empty(), args.allow_unsigned)?;
+    trust::check_gpg_keyrings(&args.gpg_keyrings)?;
+    trust::check_policy(
+        &args.repo,
+        !keys.is_empty() || !args.gpg_keyrings.is_empty(),
+        args.allow_unsigned,
+    )?;
     let osname = t.stateroot.unwrap_or(DEFAULT_STATEROOT);
     if path
         .join("ostree/deploy")
@@ -101,12 +109,16 @@ fn install_inner(t: &Target, args: &InstallOptions) -> Result<Outcome> {
     // an unbooted sysroot's /etc is not the deployed system's /etc.
     let group = format!("remote \"{}\"", args.remote);
     config.set_string(&group, "url", &args.repo);
-    config.set_boolean(&group, "gpg-verify", false);
+    // libostree verifies GPG signatures on its own pulls too when this is on.
+    config.set_boolean(&group, "gpg-verify", !args.gpg_keyrings.is_empty());
     if !keys.is_empty() {
         trust::set_remote_keys(&config, &args.remote, &keys);
     }
     repo.write_config(&config)
         .with_context(|| format!("writing {}/ostree/repo/config", path.display()))?;
+    repo.reload_config(gio::Cancellable::NONE)
+        .with_context(|| format!("reading {}/ostree/repo/config", path.display()))?;
+    trust::add_gpg_keyrings(&repo, &args.remote, &args.gpg_keyrings)?;
     sysroot
         .init_osname(osname, gio::Cancellable::NONE)
         .with_context(|| format!("creating stateroot {osname} in {}", path.display()))?;

@@ -95,6 +95,10 @@ pub enum Edit {
     Append(String),
     Delete(String),
     Replace(String),
+    /// Append unless this exact argument is already there.
+    AppendIfMissing(String),
+    /// Delete if present; absent is no error (ambiguous still is).
+    DeleteIfPresent(String),
 }
 
 /// Apply `edits` in order to `args`.
@@ -107,6 +111,16 @@ pub fn apply(args: &[String], edits: &[Edit]) -> Result<Vec<String>, KargsError>
                 args.push(a.clone());
             }
             Edit::Delete(a) => delete(&mut args, a)?,
+            Edit::AppendIfMissing(a) => {
+                validate(a)?;
+                if !args.contains(a) {
+                    args.push(a.clone());
+                }
+            }
+            Edit::DeleteIfPresent(a) => match delete(&mut args, a) {
+                Err(KargsError::NotPresent(_)) => {}
+                other => other?,
+            },
             Edit::Replace(a) => {
                 validate(a)?;
                 replace(&mut args, a)?

@@ -37,18 +37,44 @@ pub struct DeploymentInfo {
 pub enum Signature {
     /// The origin's remote has no keys (or the origin is a local ref).
     NotChecked,
-    /// Signed by this trusted key (base64 of the public key).
-    Verified { key: String },
-    /// The remote has keys, and none of them signed this commit (deployed
-    /// before the keys were set, or the repository was changed since).
+    /// Signed by a trusted key of each kind the remote has: `key` is the
+    /// ed25519 key (base64), `gpg-key` the GPG key's primary fingerprint.
+    /// `key` keeps its meaning from before GPG support: scripts that read
+    /// it see ed25519 keys only.
+    Verified {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        #[serde(rename = "gpg-key", skip_serializing_if = "Option::is_none")]
+        gpg_key: Option<String>,
+    },
+    /// The remote has keys, and the commit is not signed by one of them
+    /// (of every kind the remote has): deployed before the keys were set,
+    /// or the repository was changed since.
     Untrusted,
+}
+
+/// The keys that verified a commit or a summary, one per kind the remote
+/// trusts, for messages ("key BASE64", "GPG key FINGERPRINT").
+pub fn describe_keys(ed25519: Option<&str>, gpg: Option<&str>) -> String {
+    let mut parts = Vec::new();
+    if let Some(k) = ed25519 {
+        parts.push(format!("key {k}"));
+    }
+    if let Some(k) = gpg {
+        parts.push(format!("GPG key {k}"));
+    }
+    parts.join(" and ")
 }
 
 impl std::fmt::Display for Signature {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Signature::NotChecked => write!(f, "not checked (the remote has no keys)"),
-            Signature::Verified { key } => write!(f, "verified, key {key}"),
+            Signature::Verified { key, gpg_key } => write!(
+                f,
+                "verified, {}",
+                describe_keys(key.as_deref(), gpg_key.as_deref())
+            ),
             Signature::Untrusted => write!(f, "NOT signed by a trusted key"),
         }
     }
@@ -57,6 +83,10 @@ impl std::fmt::Display for Signature {
 #[derive(Debug, Serialize)]
 struct StatusJson<'a> {
     deployments: &'a [DeploymentInfo],
+    /// The last automatic rollback on this host, as `boot-check` recorded
+    /// it; absent when there was none (or the sysroot is not running).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fallback: Option<&'a str>,
 }
 
 pub fn id(osname: &str, checksum: &str, serial: i32) -> String {
@@ -64,8 +94,16 @@ pub fn id(osname: &str, checksum: &str, serial: i32) -> String {
 }
 
 pub fn render_json(deps: &[DeploymentInfo]) -> String {
-    serde_json::to_string_pretty(&StatusJson { deployments: deps })
-        .expect("status JSON serialisation cannot fail on plain data")
+    render_json_with(deps, None)
+}
+
+/// [`render_json`] with the host's fallback note.
+pub fn render_json_with(deps: &[DeploymentInfo], fallback: Option<&str>) -> String {
+    serde_json::to_string_pretty(&StatusJson {
+        deployments: deps,
+        fallback,
+    })
+    .expect("status JSON serialisation cannot fail on plain data")
 }
 
 fn format_time(ts: u64) -> String {
@@ -207,7 +245,10 @@ mod tests {
     #[test]
     fn a_checked_signature_is_always_shown() {
         let mut a = dep(0, "2.0", false);
-        a.signature = Signature::Verified { key: "K=".into() };
+        a.signature = Signature::Verified {
+            key: Some("K=".into()),
+            gpg_key: None,
+        };
         let mut b = dep(1, "1.0", true);
         b.signature = Signature::Untrusted;
         let text = render_text(&[a, b], false);
@@ -215,6 +256,31 @@ mod tests {
         assert!(
             text.contains("Signature: NOT signed by a trusted key\n"),
             "{text}"
+        );
+        let mut g = dep(2, "0.9", false);
+        g.signature = Signature::Verified {
+            key: Some("K=".into()),
+            gpg_key: Some("1C7F".into()),
+        };
+        let text = render_text(&[g.clone()], false);
+        assert!(
+            text.contains("Signature: verified, key K= and GPG key 1C7F\n"),
+            "{text}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&render_json(&[g])).unwrap();
+        assert_eq!(
+            json["deployments"][0]["signature"],
+            serde_json::json!({"state": "verified", "key": "K=", "gpg-key": "1C7F"})
+        );
+        let mut g = dep(3, "0.8", false);
+        g.signature = Signature::Verified {
+            key: None,
+            gpg_key: Some("1C7F".into()),
+        };
+        let json: serde_json::Value = serde_json::from_str(&render_json(&[g])).unwrap();
+        assert_eq!(
+            json["deployments"][0]["signature"],
+            serde_json::json!({"state": "verified", "gpg-key": "1C7F"})
         );
         let plain = render_text(&[dep(0, "1", false)], false);
         assert!(!plain.contains("Signature"), "{plain}");

@@ -33,6 +33,7 @@ pub struct StatusOptions {
     pub json: bool,
     pub booted: bool,
     pub verbose: bool,
+    pub pending_exit_77: bool,
 }
 
 /// What `hostctl upgrade` is asked to do (docs/cli.md describes each option).
@@ -44,6 +45,9 @@ pub struct UpgradeOptions {
     pub allow_downgrade: bool,
     pub unchanged_exit_77: bool,
     pub reboot: bool,
+    /// Commits not to deploy (the agent's list of commits that failed to
+    /// boot here): when the head is one of them, nothing is done.
+    pub skip: Vec<String>,
 }
 
 /// What `hostctl deploy` is asked to do (docs/cli.md describes each option).
@@ -51,6 +55,13 @@ pub struct UpgradeOptions {
 pub struct DeployOptions {
     pub revision: String,
     pub allow_downgrade: bool,
+    pub unchanged_exit_77: bool,
+    pub reboot: bool,
+}
+
+/// What `hostctl rollback` is asked to do (docs/cli.md describes each option).
+#[derive(Debug, Clone, Default)]
+pub struct RollbackOptions {
     pub reboot: bool,
 }
 
@@ -67,6 +78,9 @@ pub struct KargsOptions {
     pub append: Vec<String>,
     pub delete: Vec<String>,
     pub replace: Vec<String>,
+    pub append_if_missing: Vec<String>,
+    pub delete_if_present: Vec<String>,
+    pub unchanged_exit_77: bool,
     pub reboot: bool,
 }
 
@@ -146,18 +160,29 @@ pub(crate) fn describe(c: &CommitInfo) -> String {
 pub fn status(t: &Target, args: &StatusOptions) -> Result<Outcome> {
     let host = sysroot::open_unlocked_any(t.sysroot, t.stateroot)?;
     let mut deps = host.status()?;
-    if !args.json && host.booted {
-        if let Ok(note) = std::fs::read_to_string(FALLBACK_NOTE) {
-            println!("Note: {}", note.trim());
-        }
+    // The note belongs to the running host, not to another sysroot.
+    let note = host
+        .booted
+        .then(|| std::fs::read_to_string(FALLBACK_NOTE).ok())
+        .flatten()
+        .map(|n| n.trim().to_string());
+    if let (false, Some(note)) = (args.json, &note) {
+        println!("Note: {note}");
     }
     if args.booted {
         deps.retain(|d| d.booted);
     }
     if args.json {
-        println!("{}", status::render_json(&deps));
+        println!("{}", status::render_json_with(&deps, note.as_deref()));
     } else {
         print!("{}", status::render_text(&deps, args.verbose));
+    }
+    // rpm-ostree's meaning: a deployment ahead of the booted one will boot
+    // next. A sysroot that is not running has nothing pending.
+    if !host.roles().pending().is_empty() {
+        return Ok(Outcome::Unchanged {
+            exit_77: args.pending_exit_77,
+        });
     }
     Ok(Outcome::Done)
 }
@@ -204,6 +229,15 @@ pub fn upgrade(t: &Target, args: &UpgradeOptions) -> Result<Outcome> {
         args.preview,
     )?;
     let head = probe.head_info()?;
+    if args.skip.contains(&head.checksum) {
+        println!(
+            "Skipping {}: it failed to boot on this host; waiting for a newer commit.",
+            describe(&head)
+        );
+        return Ok(Outcome::Unchanged {
+            exit_77: args.unchanged_exit_77,
+        });
+    }
     if let Some(outcome) = switch_to(
         &host,
         &refspec,
@@ -270,7 +304,13 @@ pub fn deploy(t: &Target, args: &DeployOptions) -> Result<Outcome> {
     let probe = fetch::probe(&repo, &host.path.join("ostree/repo"), &refspec, -1, false)?;
     let history = probe.history()?;
     let target = plan::select_revision(&history, &args.revision, &refspec.to_string())?.clone();
-    if let Some(outcome) = switch_to(&host, &refspec, &target, args.allow_downgrade, false)? {
+    if let Some(outcome) = switch_to(
+        &host,
+        &refspec,
+        &target,
+        args.allow_downgrade,
+        args.unchanged_exit_77,
+    )? {
         return Ok(outcome);
     }
     fetch::pull_into_sysroot(&repo, &probe, &target.checksum)?;
@@ -312,7 +352,7 @@ pub fn rebase(t: &Target, args: &RebaseOptions) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-pub fn rollback(t: &Target) -> Result<Outcome> {
+pub fn rollback(t: &Target, args: &RollbackOptions) -> Result<Outcome> {
     let host = open_to_change(t)?;
     let deps = host.deployments();
     let order = plan::rollback_order(&host.roles())
@@ -324,14 +364,27 @@ pub fn rollback(t: &Target) -> Result<Outcome> {
         "Rolled back: {} is the default for the next boot.",
         describe(&commit_info(&host.repo(), &new_default.csum())?)
     );
+    maybe_reboot(&host, args.reboot)?;
     Ok(Outcome::Done)
 }
 
 fn kargs_edits(args: &KargsOptions) -> Vec<Edit> {
     // Deletions first, so `--delete quiet --append quiet=1` swaps the value.
     let mut edits: Vec<Edit> = args.delete.iter().cloned().map(Edit::Delete).collect();
+    edits.extend(
+        args.delete_if_present
+            .iter()
+            .cloned()
+            .map(Edit::DeleteIfPresent),
+    );
     edits.extend(args.replace.iter().cloned().map(Edit::Replace));
     edits.extend(args.append.iter().cloned().map(Edit::Append));
+    edits.extend(
+        args.append_if_missing
+            .iter()
+            .cloned()
+            .map(Edit::AppendIfMissing),
+    );
     edits
 }
 
@@ -350,7 +403,9 @@ pub fn kargs(t: &Target, args: &KargsOptions) -> Result<Outcome> {
     let new = kargs::apply(&current, &edits)?;
     if new == current {
         println!("Kernel arguments unchanged.");
-        return Ok(Outcome::Unchanged { exit_77: false });
+        return Ok(Outcome::Unchanged {
+            exit_77: args.unchanged_exit_77,
+        });
     }
     deploy_commit(
         &host,
@@ -444,6 +499,47 @@ pub fn db_diff(t: &Target, args: &DbDiffOptions) -> Result<Outcome> {
 
 /// Where `boot-check` records an automatic rollback, for `hostctl status`.
 const FALLBACK_NOTE: &str = "/var/lib/hostctl/fallback";
+/// Where `hostctl internal health-check` records why this boot is bad, for
+/// `boot-check` in the boot after the fallback.
+const HEALTH_FAILURE: &str = "/var/lib/hostctl/health-failure";
+/// [`HEALTH_FAILURE`]'s name inside the agent's state directory.
+pub const HEALTH_FAILURE_FILE: &str = "health-failure";
+
+/// The health failure record: the checksum of the deployment that failed,
+/// the check's name, then its output.
+pub fn health_record(checksum: &str, name: &str, output: &str) -> String {
+    format!("{checksum}\n{name}\n{output}\n")
+}
+
+/// (checksum, check name, output) of a health failure record.
+pub fn parse_health_record(text: &str) -> Option<(String, String, String)> {
+    let mut parts = text.splitn(3, '\n');
+    let checksum = parts.next()?.trim().to_string();
+    let name = parts.next()?.trim().to_string();
+    let output = parts.next().unwrap_or("").trim().to_string();
+    (!checksum.is_empty() && !name.is_empty()).then_some((checksum, name, output))
+}
+
+/// What `hostctl status` says after an automatic rollback from `failed` at
+/// `at`: the health check that failed and its output (on one line) when
+/// one did, else that its boot tries ran out.
+pub fn fallback_note(failed: &str, at: &str, health: Option<(&str, &str)>, now: &str) -> String {
+    match health {
+        Some((name, output)) => {
+            let output = output.lines().map(str::trim).collect::<Vec<_>>().join(" / ");
+            format!("rolled back from {failed} at {at}: health check {name} failed: {output}")
+        }
+        None => format!(
+            "rolled back from {failed} at {at}: it failed to boot (its boot tries ran out); now running {now}."
+        ),
+    }
+}
+
+/// Where `boot-check` lists the checksums of commits that failed to boot,
+/// one per line, so the update agent does not stage them again.
+pub const FAILED_COMMITS: &str = "/var/lib/hostctl/failed-commits";
+/// [`FAILED_COMMITS`]'s name inside the agent's state directory.
+pub const FAILED_COMMITS_FILE: &str = "failed-commits";
 
 /// Run early at boot by hostctl-boot-check.service. When systemd-boot booted
 /// an older entry because deployment 0's entry ran out of tries (it is marked
@@ -489,11 +585,15 @@ pub fn boot_check(t: &Target, args: &BootCheckOptions) -> Result<Outcome> {
     );
     write_and_publish(&host, &list)?;
     let repo = host.repo();
-    let note = format!(
-        "on {} deployment {} failed to boot (its boot tries ran out); rolled back to {}.",
-        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
-        describe(&commit_info(&repo, &failed.csum())?),
-        describe(&commit_info(&repo, &booted.csum())?),
+    let health = std::fs::read_to_string(HEALTH_FAILURE)
+        .ok()
+        .and_then(|t| parse_health_record(&t))
+        .filter(|(c, _, _)| *c == failed.csum().as_str());
+    let note = fallback_note(
+        &describe(&commit_info(&repo, &failed.csum())?),
+        &chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        health.as_ref().map(|(_, n, o)| (n.as_str(), o.as_str())),
+        &describe(&commit_info(&repo, &booted.csum())?),
     );
     eprintln!("hostctl: {note}");
     if let Some(dir) = Path::new(FALLBACK_NOTE).parent() {
@@ -501,5 +601,41 @@ pub fn boot_check(t: &Target, args: &BootCheckOptions) -> Result<Outcome> {
     }
     std::fs::write(FALLBACK_NOTE, format!("{note}\n"))
         .with_context(|| format!("writing {FALLBACK_NOTE}"))?;
+    let mut failed_list = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(FAILED_COMMITS)
+        .with_context(|| format!("opening {FAILED_COMMITS}"))?;
+    std::io::Write::write_all(&mut failed_list, format!("{}\n", failed.csum()).as_bytes())
+        .with_context(|| format!("writing {FAILED_COMMITS}"))?;
+    // Used up: the record explained this fallback.
+    if health.is_some() {
+        std::fs::remove_file(HEALTH_FAILURE)
+            .with_context(|| format!("removing {HEALTH_FAILURE}"))?;
+    }
     Ok(Outcome::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fallback_notes_name_the_failed_check_and_its_output() {
+        let rec = health_record("abc", "20-web", "curl: (7) refused\nsecond line\n");
+        let (c, n, o) = parse_health_record(&rec).unwrap();
+        assert_eq!((c.as_str(), n.as_str()), ("abc", "20-web"));
+        assert_eq!(
+            fallback_note("12.3 (abc)", "2026-01-01 03:00 UTC", Some((&n, &o)), "12.2 (def)"),
+            "rolled back from 12.3 (abc) at 2026-01-01 03:00 UTC: health check 20-web failed: curl: (7) refused / second line"
+        );
+        let plain = fallback_note("12.3 (abc)", "T", None, "12.2 (def)");
+        assert!(plain.contains("failed to boot"), "{plain}");
+        assert!(
+            plain.starts_with("rolled back from 12.3 (abc) at T: "),
+            "{plain}"
+        );
+        assert_eq!(parse_health_record(""), None);
+        assert_eq!(parse_health_record("abc\n"), None);
+    }
 }

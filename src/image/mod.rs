@@ -33,6 +33,8 @@ pub struct ImageOptions {
     pub remote_url: Option<String>,
     /// Public key files the image's host verifies every commit against.
     pub verify_keys: Vec<PathBuf>,
+    /// GPG keyring files the image's host verifies every commit against.
+    pub gpg_keyrings: Vec<PathBuf>,
     /// Accept an http(s) remote URL without keys.
     pub allow_unsigned: bool,
 }
@@ -44,8 +46,10 @@ pub const REMOTE: &str = "origin";
 
 pub fn build(stateroot: Option<&str>, args: &ImageOptions) -> Result<Outcome> {
     let keys = trust::read_key_files(&args.verify_keys)?;
+    trust::check_gpg_keyrings(&args.gpg_keyrings)?;
     if let Some(url) = &args.remote_url {
-        trust::check_policy(url, !keys.is_empty(), args.allow_unsigned)?;
+        let has_keys = !keys.is_empty() || !args.gpg_keyrings.is_empty();
+        trust::check_policy(url, has_keys, args.allow_unsigned)?;
     }
     let size = layout::parse_size(&args.size)?;
     let l = layout::plan(size)?;
@@ -106,11 +110,12 @@ pub fn build(stateroot: Option<&str>, args: &ImageOptions) -> Result<Outcome> {
             remote: REMOTE.to_string(),
             kargs,
             verify_keys: args.verify_keys.clone(),
+            gpg_keyrings: args.gpg_keyrings.clone(),
             allow_unsigned: args.allow_unsigned,
         },
     )?;
     if let Some(url) = &args.remote_url {
-        point_remote_at(&mnt.dir, url, &keys)?;
+        point_remote_at(&mnt.dir, url, &keys, !args.gpg_keyrings.is_empty())?;
     }
 
     step(4, "Making the EFI system partition with systemd-boot");
@@ -186,11 +191,12 @@ fn add_esp_to_fstab(deployment: &Path, volid: &str) -> Result<()> {
 }
 
 /// The image was installed from the build repository; its host pulls
-/// updates from `url`.
-fn point_remote_at(sysroot: &Path, url: &str, keys: &[PublicKey]) -> Result<()> {
+/// updates from `url`. The remote's GPG keyring, imported by the install,
+/// is a file of its own and stays.
+fn point_remote_at(sysroot: &Path, url: &str, keys: &[PublicKey], gpg: bool) -> Result<()> {
     let repo = crate::format::repo::open(&sysroot.join("ostree/repo"))?;
     let opts = glib::VariantDict::new(None);
-    opts.insert("gpg-verify", false);
+    opts.insert("gpg-verify", gpg);
     if !keys.is_empty() {
         opts.insert(REMOTE_ED25519_KEYS, trust::encode_keys(keys));
     }

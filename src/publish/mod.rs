@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::format::{repo, sign};
+use crate::format::{gpg, repo, sign};
 use crate::Outcome;
 
 pub mod serve;
@@ -20,7 +20,11 @@ pub mod serve;
 #[derive(Debug, Clone, Default)]
 pub struct SignOptions {
     pub repo: PathBuf,
-    pub key: PathBuf,
+    /// ed25519 secret key file.
+    pub key: Option<PathBuf>,
+    /// GPG key ids, signing through libostree.
+    pub gpg_sign: Vec<String>,
+    pub gpg_homedir: Option<PathBuf>,
     /// A ref or a commit checksum.
     pub rev: String,
 }
@@ -32,18 +36,37 @@ pub struct KeygenOptions {
     pub output: PathBuf,
 }
 
-/// Add the key's signature to an existing commit.
+/// Add the keys' signatures to an existing commit.
 pub fn sign_existing(args: &SignOptions) -> Result<Outcome> {
-    let key = sign::read_secret(&args.key)?;
+    let key = args.key.as_deref().map(sign::read_secret).transpose()?;
+    let gpg_signers = args
+        .gpg_sign
+        .iter()
+        .map(|k| gpg::GpgSigner::open(k, args.gpg_homedir.as_deref()))
+        .collect::<Result<Vec<_>>>()?;
     let r = repo::open(&args.repo)?;
     let checksum = r
         .resolve_rev(&args.rev, false)
         .with_context(|| format!("{}: no ref or commit {}", args.repo.display(), args.rev))?
         .with_context(|| format!("{}: no ref or commit {}", args.repo.display(), args.rev))?
         .to_string();
-    sign::sign_commit(&r, &checksum, &key)
-        .with_context(|| format!("signing {checksum} with {}", key.source))?;
-    println!("Signed {checksum} with key {}.", key.public().to_base64());
+    if let Some(key) = &key {
+        sign::sign_commit(&r, &checksum, key)
+            .with_context(|| format!("signing {checksum} with {}", key.source))?;
+        println!("Signed {checksum} with key {}.", key.public().to_base64());
+    }
+    for signer in &gpg_signers {
+        let added = gpg::sign_commit(&r, &checksum, signer)
+            .with_context(|| format!("signing {checksum} with {}", signer.describe()))?;
+        if added {
+            println!("Signed {checksum} with GPG key {}.", signer.fingerprint);
+        } else {
+            println!(
+                "{checksum} is already signed by GPG key {}.",
+                signer.fingerprint
+            );
+        }
+    }
     Ok(Outcome::Done)
 }
 

@@ -10,7 +10,8 @@ use ostree::glib;
 use ostree::prelude::*;
 
 use crate::format::keys::SIGN_ED25519;
-use crate::format::{repo, sign};
+use crate::format::{gpg, repo, sign};
+use crate::util::human_bytes;
 use crate::Outcome;
 
 /// What `hostctl publish` is asked to do.
@@ -21,8 +22,12 @@ pub struct PrepareOptions {
     pub deltas: usize,
     /// Keep this many commits of each ref (head included); None keeps all.
     pub keep: Option<usize>,
-    /// Sign the summary (and any unsigned head) with this key.
-    pub sign_key: Option<PathBuf>,
+    /// Sign the summary (and any head they have not signed) with these
+    /// ed25519 keys: all of them during a key rotation.
+    pub sign_keys: Vec<PathBuf>,
+    /// And with these GPG keys, through libostree.
+    pub gpg_sign: Vec<String>,
+    pub gpg_homedir: Option<PathBuf>,
 }
 
 /// The commits a delta starts from: the `n` parents of `head` that
@@ -43,24 +48,21 @@ fn dir_size(p: &Path) -> u64 {
         .sum()
 }
 
-fn human(bytes: u64) -> String {
-    match bytes {
-        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
-        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
-        b => format!("{b} B"),
-    }
-}
-
 pub fn prepare(args: &PrepareOptions) -> Result<Outcome> {
     if args.keep == Some(0) {
         bail!("--keep 0 would remove every commit; keep at least 1");
     }
     // Before any change: a key that cannot sign fails first.
-    let key = args
-        .sign_key
-        .as_deref()
-        .map(sign::read_secret)
-        .transpose()?;
+    let keys = args
+        .sign_keys
+        .iter()
+        .map(|k| sign::read_secret(k))
+        .collect::<Result<Vec<_>>>()?;
+    let gpg_signers = args
+        .gpg_sign
+        .iter()
+        .map(|k| gpg::GpgSigner::open(k, args.gpg_homedir.as_deref()))
+        .collect::<Result<Vec<_>>>()?;
     let r = repo::open(&args.repo)?;
     if r.mode() != ostree::RepoMode::Archive {
         bail!(
@@ -89,7 +91,7 @@ pub fn prepare(args: &PrepareOptions) -> Result<Outcome> {
             .with_context(|| format!("pruning the static deltas of {}", args.repo.display()))?;
         println!(
             "Pruned {pruned} objects ({}), keeping {keep} commit(s) of each ref.",
-            human(size)
+            human_bytes(size)
         );
     }
 
@@ -101,9 +103,13 @@ pub fn prepare(args: &PrepareOptions) -> Result<Outcome> {
         .collect();
     let deltas_dir = args.repo.join("deltas");
     for (refname, head) in &refs {
-        if let Some(k) = &key {
+        for k in &keys {
             sign::sign_commit(&r, head, k)
-                .with_context(|| format!("signing {head} ({refname})"))?;
+                .with_context(|| format!("signing {head} ({refname}) with {}", k.source))?;
+        }
+        for g in &gpg_signers {
+            gpg::sign_commit(&r, head, g)
+                .with_context(|| format!("signing {head} ({refname}) with {}", g.describe()))?;
         }
         let history: Vec<String> = repo::history(&r, head)?
             .into_iter()
@@ -131,15 +137,15 @@ pub fn prepare(args: &PrepareOptions) -> Result<Outcome> {
                 "{refname}: delta from {} to {}: {}",
                 &from[..12],
                 &head[..12],
-                human(dir_size(&deltas_dir).saturating_sub(before))
+                human_bytes(dir_size(&deltas_dir).saturating_sub(before))
             );
         }
     }
 
     r.regenerate_summary(None, gio::Cancellable::NONE)
         .with_context(|| format!("regenerating the summary of {}", args.repo.display()))?;
-    if let Some(k) = &key {
-        sign_summary(&args.repo, k)?;
+    if !keys.is_empty() || !gpg_signers.is_empty() {
+        sign_summary(&args.repo, &keys, &gpg_signers)?;
     }
     println!(
         "{} is ready to serve as static files ({} ref(s)).",
@@ -149,18 +155,30 @@ pub fn prepare(args: &PrepareOptions) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-/// `summary.sig` in libostree's format for ed25519: an `a{sv}` with
-/// `ostree.sign.ed25519` holding signatures over the summary file's bytes.
-/// Written under a temporary name and renamed, so a server never serves a
-/// half-written signature.
-fn sign_summary(repo_path: &Path, key: &sign::SecretKey) -> Result<()> {
+/// `summary.sig` in libostree's format: an `a{sv}` with
+/// `ostree.sign.ed25519` and `ostree.gpgsigs`, each holding signatures
+/// over the summary file's bytes. Written under a temporary name and
+/// renamed, so a server never serves a half-written signature.
+fn sign_summary(
+    repo_path: &Path,
+    keys: &[sign::SecretKey],
+    gpg_signers: &[gpg::GpgSigner],
+) -> Result<()> {
     let summary = repo_path.join("summary");
     let bytes =
         std::fs::read(&summary).with_context(|| format!("reading {}", summary.display()))?;
-    let sigs = vec![key.sign(&bytes).to_vec()];
     let dict = glib::VariantDict::new(None);
-    dict.insert_value(SIGN_ED25519, &sigs.to_variant());
-    let data = dict.end().data_as_bytes();
+    if !keys.is_empty() {
+        let sigs: Vec<Vec<u8>> = keys.iter().map(|k| k.sign(&bytes).to_vec()).collect();
+        dict.insert_value(SIGN_ED25519, &sigs.to_variant());
+    }
+    let mut signed = dict.end();
+    for g in gpg_signers {
+        signed = g
+            .sign(&bytes, Some(&signed))
+            .with_context(|| format!("signing {}", summary.display()))?;
+    }
+    let data = signed.data_as_bytes();
     let sig = repo_path.join("summary.sig");
     let tmp = repo_path.join(".summary.sig.tmp");
     std::fs::write(&tmp, &data).with_context(|| format!("writing {}", tmp.display()))?;

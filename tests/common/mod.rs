@@ -3,6 +3,8 @@
 //! be the test machine's own), test commits, and a sysroot fingerprint.
 #![allow(dead_code)]
 
+pub mod nginx;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
@@ -43,6 +45,17 @@ fn succeeded(out: Output, what: &str) -> String {
 
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The lines of a command's stderr that are not a pull's progress lines
+/// (`Receiving: ...`, printed every few seconds while a pull runs): a
+/// failure is reported in one of these.
+pub fn error_lines(out: &Output) -> Vec<String> {
+    stderr(out)
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("Receiving: "))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Write a file, creating its parent directories.
@@ -234,6 +247,18 @@ impl BuildRepo {
     /// `automatic-version-prefix`, so `version` must be the next `PREFIX.N`
     /// of the branch; returns the checksum.
     pub fn commit(&self, branch: &str, version: &str, timestamp: u64, files: &Files) -> String {
+        self.commit_with(branch, version, timestamp, files, &[])
+    }
+
+    /// `commit` with more `compose tree` arguments (signing keys).
+    pub fn commit_with(
+        &self,
+        branch: &str,
+        version: &str,
+        timestamp: u64,
+        files: &Files,
+        args: &[&str],
+    ) -> String {
         let (prefix, _) = version.rsplit_once('.').expect("version PREFIX.N");
         let work = tempfile::tempdir_in(self.dir.path()).unwrap();
         let tree = work.path().join("tree");
@@ -252,6 +277,7 @@ impl BuildRepo {
             .arg(&self.path)
             .arg("--write-commitid-to")
             .arg(&idfile)
+            .args(args)
             .arg(&treefile)
             .env("SOURCE_DATE_EPOCH", timestamp.to_string()));
         let checksum = fs::read_to_string(&idfile).unwrap().trim().to_string();
@@ -276,6 +302,32 @@ impl BuildRepo {
             secret.to_str().unwrap(),
             rev,
         ]));
+    }
+
+    /// `hostctl publish` of this repository with `args`; returns stdout.
+    pub fn publish(&self, args: &[&str]) -> String {
+        let mut all = vec!["publish", "--repo", self.path.to_str().unwrap()];
+        all.extend_from_slice(args);
+        ok(hostctl_run(&all))
+    }
+
+    /// The commit object's file (archive repository): what a commit
+    /// signature covers.
+    pub fn commit_object(&self, checksum: &str) -> PathBuf {
+        self.path.join(format!(
+            "objects/{}/{}.commit",
+            &checksum[..2],
+            &checksum[2..]
+        ))
+    }
+
+    /// The commit's detached metadata file, where its signatures are.
+    pub fn detached_path(&self, checksum: &str) -> PathBuf {
+        self.path.join(format!(
+            "objects/{}/{}.commitmeta",
+            &checksum[..2],
+            &checksum[2..]
+        ))
     }
 
     /// Commit with the ostree CLI instead, for metadata compose from local
@@ -856,4 +908,134 @@ pub fn openssl_verifies(dir: &Path, public: &Path, data: &Path, sig: &[u8]) -> b
         .unwrap()
         .status
         .success()
+}
+
+/// The `aay` under `key` of detached metadata or `summary.sig` (`a{sv}`),
+/// read with GLib directly.
+pub fn signatures_in(bytes: &[u8], key: &str) -> Vec<Vec<u8>> {
+    let v = ostree::glib::Variant::from_bytes::<ostree::glib::VariantDict>(
+        &ostree::glib::Bytes::from(bytes),
+    );
+    ostree::glib::VariantDict::new(Some(&v))
+        .lookup::<Vec<Vec<u8>>>(key)
+        .unwrap()
+        .unwrap_or_default()
+}
+
+/// `a{sv}` bytes with `sigs` under `key`, the other entries of `bytes`
+/// kept: for tampering with signatures in tests.
+pub fn with_signatures(bytes: &[u8], key: &str, sigs: &[Vec<u8>]) -> Vec<u8> {
+    use ostree::glib::prelude::*;
+    let v = ostree::glib::Variant::from_bytes::<ostree::glib::VariantDict>(
+        &ostree::glib::Bytes::from(bytes),
+    );
+    let d = ostree::glib::VariantDict::new(Some(&v));
+    d.insert_value(key, &sigs.to_vec().to_variant());
+    d.end().data_as_bytes().to_vec()
+}
+
+/// A GnuPG home directory in a temporary directory holding one new
+/// signing key (ed25519, no passphrase); its gpg-agent, started by any
+/// signing, is stopped on drop so that none outlives the test.
+pub struct GpgKey {
+    dir: tempfile::TempDir,
+    pub fingerprint: String,
+}
+
+impl GpgKey {
+    pub fn generate(name: &str) -> GpgKey {
+        let dir = tempfile::Builder::new().prefix("gpg-").tempdir().unwrap();
+        let home = dir.path().join("home");
+        fs::create_dir(&home).unwrap();
+        fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).unwrap();
+        sh(Command::new("gpg")
+            .arg("--homedir")
+            .arg(&home)
+            .args(["--batch", "--passphrase", "", "--quick-gen-key"])
+            .arg(format!("{name} <{name}@build.test>"))
+            .args(["ed25519", "sign", "never"]));
+        let listing = sh(Command::new("gpg").arg("--homedir").arg(&home).args([
+            "--batch",
+            "--with-colons",
+            "--list-keys",
+        ]));
+        let fingerprint = listing
+            .lines()
+            .find_map(|l| l.strip_prefix("fpr:"))
+            .and_then(|l| l.split(':').find(|f| f.len() == 40))
+            .expect("a fingerprint in gpg --list-keys")
+            .to_string();
+        GpgKey { dir, fingerprint }
+    }
+
+    pub fn homedir(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    pub fn homedir_str(&self) -> String {
+        self.homedir().to_str().unwrap().to_string()
+    }
+
+    /// The public key exported to a keyring file (ASCII-armoured or not),
+    /// as a host is given it.
+    pub fn export(&self, armor: bool) -> PathBuf {
+        let path = self
+            .dir
+            .path()
+            .join(if armor { "public.asc" } else { "public.gpg" });
+        let mut cmd = Command::new("gpg");
+        cmd.arg("--homedir").arg(self.homedir()).arg("--batch");
+        if armor {
+            cmd.arg("--armor");
+        }
+        // Bytes, not `sh`'s text: a binary keyring is not UTF-8.
+        let out = cmd.arg("--export").arg(&self.fingerprint).output().unwrap();
+        assert!(
+            out.status.success() && !out.stdout.is_empty(),
+            "gpg --export"
+        );
+        fs::write(&path, out.stdout).unwrap();
+        path
+    }
+
+    /// `--gpg-sign FPR --gpg-homedir DIR` for hostctl.
+    pub fn sign_args(&self) -> Vec<String> {
+        vec![
+            "--gpg-sign".into(),
+            self.fingerprint.clone(),
+            "--gpg-homedir".into(),
+            self.homedir_str(),
+        ]
+    }
+
+    /// Whether `gpg --verify` (GnuPG itself, not libostree) accepts one of
+    /// `sigs` (binary OpenPGP signatures) over the file `data` as made by
+    /// this key.
+    pub fn gpg_verifies(&self, data: &Path, sigs: &[Vec<u8>]) -> bool {
+        let sigfile = self.dir.path().join("check.sig");
+        sigs.iter().any(|sig| {
+            fs::write(&sigfile, sig).unwrap();
+            let out = Command::new("gpg")
+                .arg("--homedir")
+                .arg(self.homedir())
+                .args(["--batch", "--status-fd", "1", "--verify"])
+                .arg(&sigfile)
+                .arg(data)
+                .output()
+                .unwrap();
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout)
+                    .contains(&format!("VALIDSIG {}", self.fingerprint))
+        })
+    }
+}
+
+impl Drop for GpgKey {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .arg("--homedir")
+            .arg(self.homedir())
+            .args(["--kill", "gpg-agent"])
+            .status();
+    }
 }
