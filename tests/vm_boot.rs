@@ -647,6 +647,7 @@ fn boots_upgrades_and_rolls_back_in_qemu() {
         .collect();
     assert_eq!(staged.len(), 1, "{st}");
     assert_eq!(staged[0]["checksum"], v2.as_str());
+    assert_reboot_pending(&mut vm, "after the upgrade staged v2", true);
     // Finalizing at shutdown exists so that edits made after the upgrade
     // command, before the reboot, still reach the new deployment.
     vm.run("echo 'made after the upgrade' > /etc/hostctl-late.conf");
@@ -676,7 +677,9 @@ fn boots_upgrades_and_rolls_back_in_qemu() {
     );
 
     step("6. hostctl rollback, reboot: v1 is booted");
+    assert_reboot_pending(&mut vm, "v2 booted, nothing pending", false);
     vm.run("hostctl rollback");
+    assert_reboot_pending(&mut vm, "after rollback made v1 the default", true);
     let (default, _) = esp_entries(&mut vm);
     assert!(
         default.contains(&v1[..12]),
@@ -800,6 +803,7 @@ fn staged_cannot_be_pinned_and_rollback_discards_it(vm: &mut Vm, booted: &str, s
     let st = guest_status(vm);
     assert_eq!(st["deployments"][0]["checksum"], staged, "{st}");
     assert_eq!(st["deployments"][0]["staged"], true, "{st}");
+    assert_reboot_pending(vm, "v3 staged", true);
     let (code, out) = vm.sh("hostctl pin 0");
     assert!(
         code != 0 && out.contains("staged"),
@@ -834,7 +838,28 @@ fn staged_cannot_be_pinned_and_rollback_discards_it(vm: &mut Vm, booted: &str, s
         default.contains(&booted[..12]),
         "after discarding the staged deployment the ESP default is {default}"
     );
+    assert_reboot_pending(vm, "after rollback discarded the staged v3", false);
     eprintln!("    the staged v3 could not be pinned; rollback discarded it");
+}
+
+/// Whether the booted host says that its next boot is another deployment,
+/// both ways operators and tools read it: `status --pending-exit-77` and
+/// Debian's `/run/reboot-required` (+ `.pkgs`), which must also go away
+/// once the booted deployment is the default again.
+fn assert_reboot_pending(vm: &mut Vm, when: &str, pending: bool) {
+    let (code, out) = vm.sh("hostctl status --pending-exit-77");
+    let want = if pending { 77 } else { 0 };
+    assert_eq!(code, want, "{when}: status --pending-exit-77:\n{out}");
+    let files = vm.run("ls /run/reboot-required /run/reboot-required.pkgs 2>/dev/null; true");
+    let listed = files
+        .lines()
+        .filter(|l| l.starts_with("/run/reboot-required"))
+        .count();
+    assert_eq!(
+        listed,
+        if pending { 2 } else { 0 },
+        "{when}: /run/reboot-required files: {files:?}"
+    );
 }
 
 // The pieces of the checks above that need no VM, run against what the
