@@ -3,11 +3,16 @@
 # generate: hostctl next to the ostree CLI on the same commits, served by
 # nginx on 127.0.0.1.
 #
-#   bench/pull.sh [PACKAGE]        (default: apt)
-#   BENCH_KEEP=1 bench/pull.sh     keeps the work directory (repositories,
-#                                  sysroot image) for further timing
+#   bench/pull.sh --reference [PACKAGE]  (default: less)
+#   bench/pull.sh [PACKAGE]              (default: apt)
+#   BENCH_KEEP=1 bench/pull.sh ...       keeps the work directory
+#                                        (repositories, sysroot image)
 #
-# The tree: the files of this machine's installed Debian packages of
+# --reference: v1 is the reference host (treefiles/debian-minimal.toml,
+# composed from Debian's packages: a few minutes per compose), v2 the same
+# treefile with PACKAGE added. Needs the Debian mirror apt uses.
+#
+# Otherwise the tree is synthetic, quicker to make: the files of this machine's installed Debian packages of
 # priority required, important and standard (their /usr and /etc parts,
 # merged-/usr), with a placeholder kernel. v2 is v1 with PACKAGE replaced by
 # the version apt would upgrade it to, fetched with `apt-get download`: one
@@ -20,7 +25,13 @@
 # generation in `hostctl publish` and `ostree static-delta generate`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-pkg=${1:-apt}
+if [ "${1:-}" = "--reference" ]; then
+  mode=reference
+  pkg=${2:-less}
+else
+  mode=synthetic
+  pkg=${1:-apt}
+fi
 cargo build --release -q
 hostctl=${CARGO_TARGET_DIR:-$PWD/target}/release/hostctl
 work=$(mktemp -d /var/tmp/hostctl-bench-pull.XXXXXX)
@@ -54,6 +65,12 @@ t() {
 sent() { awk '{ s += $3 } END { print s + 0 }' "$1"; }
 
 # --- the trees -------------------------------------------------------------
+if [ "$mode" = reference ]; then
+  reference=$PWD/treefiles/debian-minimal.toml
+  printf 'include = ["%s"]\nref = "bench/pull"\n' "$reference" >"$work/v1.toml"
+  printf 'include = ["%s"]\nref = "bench/pull"\npackages = ["%s"]\n' "$reference" "$pkg" >"$work/v2.toml"
+  echo "tree: the reference host (treefiles/debian-minimal.toml); update: adds the package $pkg"
+else
 installed=$(dpkg-query -W -f='${Version}' "$pkg")
 candidate=$(apt-cache policy "$pkg" | awk '/Candidate:/ { print $2 }')
 if [ -z "$candidate" ] || [ "$candidate" = "$installed" ] || [ "$candidate" = "(none)" ]; then
@@ -94,13 +111,14 @@ done
 for d in usr etc; do [ -d "$work/x/$d" ] && cp -a "$work/x/$d" "$work/v2/"; done
 echo "tree: $(wc -l <"$work/files") files of the required/important/standard packages ($(du -sh "$work/v1" | cut -f1))"
 echo "update: $pkg $installed -> $candidate ($(wc -l <"$work/pkgfiles") files)"
+for v in v1 v2; do
+  printf 'ref = "bench/pull"\nbase = "%s"\nautomatic-version-prefix = "1"\n' "$work/$v" >"$work/$v.toml"
+done
+fi
 
 # --- compose and serve -----------------------------------------------------
 "$hostctl" key generate --output "$work/build" >/dev/null
 repo=$work/srv/repo
-for v in v1 v2; do
-  printf 'ref = "bench/pull"\nbase = "%s"\nautomatic-version-prefix = "1"\n' "$work/$v" >"$work/$v.toml"
-done
 "$hostctl" compose tree --repo "$repo" --sign-key "$work/build.secret" --workdir /var/tmp "$work/v1.toml" >/dev/null
 c1=$(ostree --repo="$repo" rev-parse bench/pull)
 "$hostctl" publish --repo "$repo" --sign-key "$work/build.secret" >/dev/null

@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 mod common;
 
@@ -338,17 +338,27 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
         .join("usr/lib/systemd/system/systemd-sysusers.service.d/hostctl.conf")
         .is_file());
 
-    // Nothing changed: no new commit, and fast.
+    // Nothing changed: no new commit, and nothing built (the time is
+    // printed, not asserted: it follows the machine's load).
     let started = Instant::now();
     let out = compose(&repo, t.path(), &minimal);
     let took = started.elapsed();
-    assert_eq!(
-        out.status.code(),
-        Some(77),
-        "{}",
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(took < Duration::from_secs(60), "no-op took {took:?}");
+    assert_eq!(out.status.code(), Some(77), "{said}");
+    for step in [
+        "mmdebstrap",
+        "Building the initramfs",
+        "Committing the tree",
+    ] {
+        assert!(
+            !said.contains(step),
+            "the no-op recompose ran {step:?}:\n{said}"
+        );
+    }
     eprintln!("no-op recompose: {took:?}");
     assert_eq!(
         sh(ostree(&repo).args(["rev-parse", REF])).trim(),
@@ -488,10 +498,8 @@ fn resolve_is_stable_and_errors_name_the_culprit() {
     let t = scratch();
     let tf = treefile_with(t.path(), "packages = [\"hello\"]\n");
     let a = packages::resolve(&tf, &cachedir()).unwrap();
-    let started = Instant::now();
     let b = packages::resolve(&tf, &cachedir()).unwrap();
     assert_eq!(a, b);
-    assert!(started.elapsed() < Duration::from_secs(30));
     assert!(a.lines().any(|l| l.starts_with("hello=")), "{a}");
     assert!(a.lines().any(|l| l.starts_with("dpkg=")), "{a}");
     // Another package set is another text.
