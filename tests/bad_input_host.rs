@@ -132,24 +132,6 @@ fn a_quoted_argument_with_spaces_stays_one_argument() {
     fsck(fx.sysroot());
 }
 
-/// Flip one byte of the content of the object behind `path` in `commit`,
-/// keeping the zlib stream decodable: the byte is in the object's header
-/// (its file metadata), so only a checksum check can tell.
-fn corrupt_object(build: &BuildRepo, commit: &str, path: &str) {
-    let ls = sh(Command::new("ostree")
-        .arg(format!("--repo={}", build.path.display()))
-        .args(["ls", "-C", commit, path]));
-    let content = ls.split_whitespace().nth(4).unwrap().to_string();
-    let objpath = build
-        .path
-        .join(format!("objects/{}/{}.filez", &content[..2], &content[2..]));
-    let mut bytes = fs::read(&objpath).unwrap();
-    // The header starts with the big-endian header size and 4 bytes of
-    // padding, then the file size (u64) and uid (u32): change the uid.
-    bytes[8 + 8 + 3] ^= 0x01;
-    fs::write(&objpath, bytes).unwrap();
-}
-
 #[test]
 fn a_corrupt_object_in_a_local_remote_is_refused() {
     let fx = Fixture::new();
@@ -159,7 +141,7 @@ fn a_corrupt_object_in_a_local_remote_is_refused() {
     let mut f2 = base_files("2.0");
     f2.insert("usr/share/corrupt-me".into(), "original content\n".into());
     let c2 = fx.build.commit("stable", "2.0", T0 + 100, &f2);
-    corrupt_object(&fx.build, &c2, "/usr/share/corrupt-me");
+    fx.build.corrupt_object(&c2, "/usr/share/corrupt-me");
     // The ostree CLI sees the damage on the server side...
     let server_fsck = Command::new("ostree")
         .arg(format!("--repo={}", fx.build.path.display()))

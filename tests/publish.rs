@@ -365,6 +365,42 @@ fn gpg_signed_updates_over_nginx_and_what_hosts_refuse() {
     fsck(fx.sysroot());
 }
 
+/// A server that changes the bytes of an object of a correctly signed
+/// commit gets nothing onto the host: every object is checked against the
+/// checksum the signed commit leads to, over http as from a file.
+#[test]
+fn a_tampered_object_on_the_server_is_refused() {
+    let fx = Fixture::new();
+    let keys = tempfile::tempdir().unwrap();
+    let (secret, public) = keypair(keys.path(), "a");
+    let repo = fx.build.path.clone();
+    fx.build
+        .commit("stable", "1.0", T0, &deployable(&base_files("1.0")));
+    fx.build.publish(&["--sign-key", secret.to_str().unwrap()]);
+    let server = Nginx::serve(repo.parent().unwrap());
+    fx.install_verified(&server.url("repo"), "stable", &public);
+
+    let mut files = deployable(&base_files("2.0"));
+    files.insert("usr/share/data/new".into(), noise(3, 50_000));
+    let c2 = fx.build.commit("stable", "2.0", T0 + 100, &files);
+    // No delta: the host fetches the tampered object itself.
+    fx.build
+        .publish(&["--sign-key", secret.to_str().unwrap(), "--deltas", "0"]);
+    let object = fx.build.corrupt_object(&c2, "/usr/share/data/new");
+    let good = {
+        let mut b = fs::read(&object).unwrap();
+        b[8 + 8 + 3] ^= 0x01;
+        b
+    };
+    assert_refused(&fx, &["Corrupted"]);
+    // The same upgrade with the object put right goes through: the refusal
+    // was the tampered object, nothing else.
+    fs::write(&object, good).unwrap();
+    hostctl_ok(fx.sysroot(), &["upgrade"]);
+    assert_eq!(fx.admin_status()[0].checksum, c2);
+    fsck(fx.sysroot());
+}
+
 #[test]
 fn ed25519_summaries_that_do_not_verify_are_refused() {
     let fx = Fixture::new();

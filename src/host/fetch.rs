@@ -263,9 +263,20 @@ pub fn pull_into_sysroot(repo: &ostree::Repo, probe: &Probe, checksum: &str) -> 
     )? {
         println!("Commit {checksum} is signed by {keys}.");
     }
-    place_verified_commit(repo, &probe.repo, checksum)?;
+    let staging_before = staging_dirs(repo);
+    let placed = place_verified_commit(repo, &probe.repo, checksum)?;
+    // A server caught sending an object that does not match its checksum
+    // is hostile, not flaky: what this run took from it goes (the host is
+    // left exactly as it was). Any other failure keeps the partial commit
+    // and the objects that arrived, so that the next run resumes.
+    let discard_if_tampered = |e: anyhow::Error| {
+        if format!("{e:#}").contains("Corrupted") {
+            discard_partial(repo, checksum, placed, &staging_before);
+        }
+        e
+    };
     println!("Pulling {checksum} from {remote}:{}...", refspec.branch);
-    pull_with_progress(repo, remote, refspec, checksum, false)?;
+    pull_with_progress(repo, remote, refspec, checksum, false).map_err(discard_if_tampered)?;
     if let Err(e) = check_complete(repo, checksum) {
         // Only a static delta can leave a commit incomplete: libostree
         // trusts it to bring every new object and does not walk the tree
@@ -273,7 +284,7 @@ pub fn pull_into_sysroot(repo: &ostree::Repo, probe: &Probe, checksum: &str) -> 
         eprintln!("{e:#}; fetching what is missing without static deltas");
         repo.mark_commit_partial(checksum, true)
             .with_context(|| format!("marking {checksum} partial again"))?;
-        pull_with_progress(repo, remote, refspec, checksum, true)?;
+        pull_with_progress(repo, remote, refspec, checksum, true).map_err(discard_if_tampered)?;
         if let Err(e) = check_complete(repo, checksum) {
             // Still incomplete: the partial mark keeps the next run from
             // taking the commit for a whole one and skipping the pull.
@@ -333,14 +344,21 @@ fn pull_with_progress(
 ///
 /// The partial mark goes first: a run killed in between must not leave a
 /// commit that looks complete without its files.
-fn place_verified_commit(repo: &ostree::Repo, source: &ostree::Repo, checksum: &str) -> Result<()> {
+///
+/// Returns whether this call wrote the commit (false: an interrupted pull
+/// had left it).
+fn place_verified_commit(
+    repo: &ostree::Repo,
+    source: &ostree::Repo,
+    checksum: &str,
+) -> Result<bool> {
     let have = repo
         .has_object(ostree::ObjectType::Commit, checksum, gio::Cancellable::NONE)
         .with_context(|| format!("looking up commit {checksum} in the sysroot repository"))?;
     if have {
         // Left by an interrupted pull (it is partial, or the caller had
         // returned): libostree resumes from it.
-        return Ok(());
+        return Ok(false);
     }
     let commit = source
         .load_variant(ostree::ObjectType::Commit, checksum)
@@ -361,7 +379,50 @@ fn place_verified_commit(repo: &ostree::Repo, source: &ostree::Repo, checksum: &
         gio::Cancellable::NONE,
     )
     .with_context(|| format!("writing commit {checksum} into the sysroot repository"))?;
-    Ok(())
+    Ok(true)
+}
+
+/// libostree's staging directories in `repo`'s `tmp/`, where a pull keeps
+/// the objects that arrived until its transaction commits.
+fn staging_dirs(repo: &ostree::Repo) -> Vec<std::path::PathBuf> {
+    let Some(root) = repo.path().path() else {
+        return Vec::new();
+    };
+    let Ok(rd) = std::fs::read_dir(root.join("tmp")) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("staging-"))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Undo what a refused pull left: the commit object `placed` by this run
+/// with its signatures and partial mark, and the staging directories that
+/// did not exist before it (`before`). Best effort: the refusal is what
+/// the caller reports; a leftover here is verified objects, never a ref or
+/// a deployment.
+fn discard_partial(
+    repo: &ostree::Repo,
+    checksum: &str,
+    placed: bool,
+    before: &[std::path::PathBuf],
+) {
+    if placed {
+        let _ = repo.write_commit_detached_metadata(checksum, None, gio::Cancellable::NONE);
+        let _ = repo.mark_commit_partial(checksum, false);
+        let _ = repo.delete_object(ostree::ObjectType::Commit, checksum, gio::Cancellable::NONE);
+    }
+    for d in staging_dirs(repo) {
+        if !before.contains(&d) {
+            let _ = std::fs::remove_dir_all(&d);
+            // libostree's lock file next to it, if any.
+            let mut lock = d.into_os_string();
+            lock.push("-lock");
+            let _ = std::fs::remove_file(lock);
+        }
+    }
 }
 
 /// Every object of `checksum`'s tree is in the repository: what a deploy

@@ -304,6 +304,25 @@ impl BuildRepo {
         ]));
     }
 
+    /// Changes one bit of the stored object of `path` in `commit` (the uid
+    /// in the archive object's header: the file stays well-formed, only its
+    /// checksum no longer matches). Returns the object's file.
+    pub fn corrupt_object(&self, commit: &str, path: &str) -> PathBuf {
+        let ls = sh(Command::new("ostree")
+            .arg(format!("--repo={}", self.path.display()))
+            .args(["ls", "-C", commit, path]));
+        let content = ls.split_whitespace().nth(4).unwrap().to_string();
+        let objpath = self
+            .path
+            .join(format!("objects/{}/{}.filez", &content[..2], &content[2..]));
+        let mut bytes = std::fs::read(&objpath).unwrap();
+        // The header starts with the big-endian header size and 4 bytes of
+        // padding, then the file size (u64) and uid (u32).
+        bytes[8 + 8 + 3] ^= 0x01;
+        std::fs::write(&objpath, bytes).unwrap();
+        objpath
+    }
+
     /// `hostctl publish` of this repository with `args`; returns stdout.
     pub fn publish(&self, args: &[&str]) -> String {
         let mut all = vec!["publish", "--repo", self.path.to_str().unwrap()];
