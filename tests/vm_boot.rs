@@ -850,10 +850,14 @@ fn assert_reboot_pending(vm: &mut Vm, when: &str, pending: bool) {
     let (code, out) = vm.sh("hostctl status --pending-exit-77");
     let want = if pending { 77 } else { 0 };
     assert_eq!(code, want, "{when}: status --pending-exit-77:\n{out}");
-    let files = vm.run("ls /run/reboot-required /run/reboot-required.pkgs 2>/dev/null; true");
+    // One name per line whatever ls would do on the console's terminal.
+    let files = vm.run(
+        "for f in /run/reboot-required /run/reboot-required.pkgs; do \
+         if test -e $f; then echo \"present $f\"; fi; done",
+    );
     let listed = files
         .lines()
-        .filter(|l| l.starts_with("/run/reboot-required"))
+        .filter(|l| l.starts_with("present /run/"))
         .count();
     assert_eq!(
         listed,
