@@ -122,6 +122,11 @@ pub struct PublishArgs {
     /// Keep this many commits of each ref (head included); older ones are pruned.
     #[arg(long, value_name = "K")]
     pub keep: Option<usize>,
+    /// Keep every commit of each ref made at or after DATE (2026-12-01, UTC
+    /// midnight, or an RFC 3339 time); with --keep, a commit either rule
+    /// keeps stays.
+    #[arg(long, value_name = "DATE")]
+    pub keep_newer_than: Option<String>,
     /// Sign the summary (and any head not yet signed by it) with this ed25519
     /// key (repeatable: during a rotation, every key hosts may trust).
     #[arg(long = "sign-key", value_name = "FILE")]
@@ -513,6 +518,11 @@ fn run_command(cli: &Cli, t: &Target) -> anyhow::Result<Outcome> {
             repo: a.repo.clone(),
             deltas: a.deltas,
             keep: a.keep,
+            keep_newer_than: a
+                .keep_newer_than
+                .as_deref()
+                .map(crate::publish::serve::parse_cutoff)
+                .transpose()?,
             sign_keys: a.sign_keys.clone(),
             gpg_sign: a.gpg_sign.clone(),
             gpg_homedir: a.gpg_homedir.clone(),

@@ -213,6 +213,72 @@ fn retention_keeps_what_refs_and_deltas_need() {
     assert!(has(&commits[3]), "--keep 0 is refused and removes nothing");
 }
 
+/// `--keep-newer-than`: each ref keeps its commits made at or after the
+/// date (its head always), and a commit another ref still points at or
+/// keeps survives a ref that drops it.
+#[test]
+fn retention_by_date_never_removes_what_another_ref_needs() {
+    let build = BuildRepo::new();
+    let stable: Vec<String> = (0..4)
+        .map(|i| build.commit("stable", &format!("1.{i}"), T0 + i * 100, &tree("1", i)))
+        .collect();
+    let beta: Vec<String> = (0..2)
+        .map(|i| build.commit("beta", &format!("2.{i}"), T0 + 1000 + i, &tree("2", i)))
+        .collect();
+    // An older line that still has users: it points at stable's 1.1.
+    let ostree = |args: &[&str]| {
+        let mut c = Command::new("ostree");
+        c.arg(format!("--repo={}", build.path.display())).args(args);
+        c
+    };
+    sh(&mut ostree(&["refs", "--create=lts", &stable[1]]));
+    let has = |c: &str| ostree(&["show", c]).output().unwrap().status.success();
+
+    // T0 + 150 s, as an RFC 3339 time.
+    let cutoff = "2023-11-14T22:15:50Z";
+    let bad = hostctl_run(&[
+        "publish",
+        "--repo",
+        build.path.to_str().unwrap(),
+        "--keep-newer-than",
+        "yesterday",
+    ]);
+    assert!(!bad.status.success() && stderr(&bad).contains("yesterday"));
+    assert!(
+        stable.iter().chain(&beta).all(|c| has(c)),
+        "a bad date removes nothing"
+    );
+
+    build.publish(&["--keep-newer-than", cutoff, "--deltas", "3"]);
+    assert!(
+        has(&stable[3]) && has(&stable[2]),
+        "stable's newer commits stay"
+    );
+    assert!(has(&stable[1]), "lts's head stays though stable drops it");
+    assert!(!has(&stable[0]), "older than the date on every ref: pruned");
+    assert!(
+        beta.iter().all(|c| has(c)),
+        "beta is all newer than the date"
+    );
+    sh(&mut ostree(&["fsck"]));
+    // Deltas only from what stable keeps.
+    let deltas = sh(&mut ostree(&["static-delta", "list"]));
+    assert!(
+        deltas.contains(&format!("{}-{}", stable[2], stable[3])),
+        "{deltas}"
+    );
+    assert!(
+        !deltas.contains(&format!("{}-{}", stable[1], stable[3])),
+        "a delta from a commit stable no longer keeps: {deltas}"
+    );
+    // Both rules: a commit either keeps stays.
+    let c4 = build.commit("stable", "1.4", T0 + 400, &tree("1", 4));
+    build.publish(&["--keep-newer-than", "2023-11-14T22:19:00Z", "--keep", "2"]);
+    assert!(has(&c4) && has(&stable[3]), "the last two");
+    assert!(!has(&stable[2]), "neither rule keeps 1.2");
+    assert!(has(&stable[1]), "lts still points at it");
+}
+
 /// `hostctl upgrade` is refused with every text of `says` on stderr, and
 /// leaves the sysroot byte for byte as it was.
 fn assert_refused(fx: &Fixture, says: &[&str]) {

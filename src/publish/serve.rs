@@ -10,6 +10,7 @@ use ostree::glib;
 use ostree::prelude::*;
 
 use crate::format::keys::SIGN_ED25519;
+use crate::format::repo::CommitInfo;
 use crate::format::{gpg, repo, sign};
 use crate::util::human_bytes;
 use crate::Outcome;
@@ -22,12 +23,48 @@ pub struct PrepareOptions {
     pub deltas: usize,
     /// Keep this many commits of each ref (head included); None keeps all.
     pub keep: Option<usize>,
+    /// Also keep every commit at or after this time (seconds since the
+    /// epoch), counting back from each head.
+    pub keep_newer_than: Option<u64>,
     /// Sign the summary (and any head they have not signed) with these
     /// ed25519 keys: all of them during a key rotation.
     pub sign_keys: Vec<PathBuf>,
     /// And with these GPG keys, through libostree.
     pub gpg_sign: Vec<String>,
     pub gpg_homedir: Option<PathBuf>,
+}
+
+/// How many commits of a ref's `history` (head first) retention keeps: a
+/// commit stays while it is among the last `keep` or no older than
+/// `newer_than`, and the head always stays. Counting stops at the first
+/// commit neither rule keeps: older ones hang from it, so they go too.
+pub fn kept_len(history: &[CommitInfo], keep: Option<usize>, newer_than: Option<u64>) -> usize {
+    if keep.is_none() && newer_than.is_none() {
+        return history.len();
+    }
+    let kept = |i: usize, c: &CommitInfo| {
+        i == 0 || keep.is_some_and(|k| i < k) || newer_than.is_some_and(|t| c.timestamp >= t)
+    };
+    history
+        .iter()
+        .enumerate()
+        .position(|(i, c)| !kept(i, c))
+        .unwrap_or(history.len())
+}
+
+/// `--keep-newer-than`'s argument: an RFC 3339 time, or a date meaning its
+/// midnight UTC. Seconds since the epoch.
+pub fn parse_cutoff(text: &str) -> Result<u64> {
+    let t = if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        t.timestamp()
+    } else if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        d.and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc().timestamp())
+            .unwrap_or_default()
+    } else {
+        bail!("--keep-newer-than {text:?}: not a date (2026-12-01) or an RFC 3339 time (2026-12-01T08:00:00Z)");
+    };
+    u64::try_from(t).map_err(|_| anyhow::anyhow!("--keep-newer-than {text:?}: before 1970"))
 }
 
 /// The commits a delta starts from: the `n` parents of `head` that
@@ -77,12 +114,43 @@ pub fn prepare(args: &PrepareOptions) -> Result<Outcome> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
 
-    if let Some(keep) = args.keep {
-        let depth = i32::try_from(keep - 1).unwrap_or(i32::MAX);
+    // How many commits of each ref retention keeps, head first.
+    let mut kept: std::collections::BTreeMap<String, usize> = Default::default();
+    if args.keep.is_some() || args.keep_newer_than.is_some() {
+        let mut histories = Vec::new();
+        for (refname, head) in &refs {
+            let h = repo::history(&r, head)?;
+            let n = kept_len(&h, args.keep, args.keep_newer_than);
+            kept.insert(refname.clone(), n);
+            histories.push(h.into_iter().map(|c| c.checksum).collect::<Vec<_>>());
+        }
+        let needed: std::collections::BTreeSet<&String> = histories
+            .iter()
+            .zip(refs.iter())
+            .flat_map(|(h, (refname, _))| h.iter().take(kept[refname]))
+            .collect();
+        // Like `ostree prune --keep-younger-than`: the first commit a ref
+        // drops is deleted, which cuts the older ones off that ref; the
+        // prune then removes whatever no ref reaches any more. A commit
+        // another ref still keeps is never deleted.
+        for (h, (refname, _)) in histories.iter().zip(refs.iter()) {
+            if let Some(first_dropped) = h.get(kept[refname]) {
+                if !needed.contains(first_dropped) {
+                    r.delete_object(
+                        ostree::ObjectType::Commit,
+                        first_dropped,
+                        gio::Cancellable::NONE,
+                    )
+                    .with_context(|| {
+                        format!("removing commit {first_dropped} of {refname} (retention)")
+                    })?;
+                }
+            }
+        }
         let (_, pruned, size) = r
             .prune(
                 ostree::RepoPruneFlags::REFS_ONLY,
-                depth,
+                -1,
                 gio::Cancellable::NONE,
             )
             .with_context(|| format!("pruning {}", args.repo.display()))?;
@@ -90,8 +158,12 @@ pub fn prepare(args: &PrepareOptions) -> Result<Outcome> {
         r.prune_static_deltas(None, gio::Cancellable::NONE)
             .with_context(|| format!("pruning the static deltas of {}", args.repo.display()))?;
         println!(
-            "Pruned {pruned} objects ({}), keeping {keep} commit(s) of each ref.",
-            human_bytes(size)
+            "Pruned {pruned} objects ({}); kept per ref: {}.",
+            human_bytes(size),
+            kept.iter()
+                .map(|(r, n)| format!("{r} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
 
@@ -115,7 +187,7 @@ pub fn prepare(args: &PrepareOptions) -> Result<Outcome> {
             .into_iter()
             .map(|c| c.checksum)
             .collect();
-        for from in delta_sources(&history, args.deltas, args.keep) {
+        for from in delta_sources(&history, args.deltas, kept.get(refname).copied()) {
             let name = format!("{from}-{head}");
             if existing.contains(&name) {
                 continue;
@@ -189,6 +261,45 @@ fn sign_summary(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hist(ts: &[u64]) -> Vec<CommitInfo> {
+        ts.iter()
+            .enumerate()
+            .map(|(i, &t)| CommitInfo {
+                checksum: format!("c{i}"),
+                version: None,
+                timestamp: t,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn retention_keeps_the_last_k_or_the_newer_ones() {
+        let h = hist(&[400, 300, 200, 100]);
+        assert_eq!(kept_len(&h, None, None), 4);
+        assert_eq!(kept_len(&h, Some(2), None), 2);
+        assert_eq!(kept_len(&h, Some(9), None), 4);
+        assert_eq!(kept_len(&h, None, Some(250)), 2);
+        assert_eq!(kept_len(&h, None, Some(300)), 2, "at the cutoff is kept");
+        assert_eq!(kept_len(&h, None, Some(1000)), 1, "the head always stays");
+        // Either rule keeps a commit.
+        assert_eq!(kept_len(&h, Some(1), Some(250)), 2);
+        assert_eq!(kept_len(&h, Some(3), Some(350)), 3);
+        // Counting stops at the first dropped commit: a newer one behind
+        // it hangs from it and cannot stay.
+        let skewed = hist(&[400, 100, 350]);
+        assert_eq!(kept_len(&skewed, None, Some(300)), 1);
+    }
+
+    #[test]
+    fn cutoffs_are_dates_or_rfc3339_times() {
+        assert_eq!(parse_cutoff("1970-01-02").unwrap(), 86_400);
+        assert_eq!(parse_cutoff("1970-01-01T01:00:00Z").unwrap(), 3_600);
+        assert_eq!(parse_cutoff("1970-01-01T02:00:00+01:00").unwrap(), 3_600);
+        let e = parse_cutoff("last tuesday").unwrap_err().to_string();
+        assert!(e.contains("last tuesday") && e.contains("RFC 3339"), "{e}");
+        assert!(parse_cutoff("1969-12-31").is_err());
+    }
 
     #[test]
     fn deltas_start_only_from_kept_parents() {
