@@ -114,27 +114,27 @@ pub fn prepare(args: &PrepareOptions) -> Result<Outcome> {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
 
-    // How many commits of each ref retention keeps, head first.
-    let mut kept: std::collections::BTreeMap<String, usize> = Default::default();
+    // Each ref's history (head first), read once for retention and deltas,
+    // and how many of its commits retention keeps.
+    let mut histories = Vec::new();
+    let mut kept = Vec::new();
+    for (_, head) in &refs {
+        let h = repo::history(&r, head)?;
+        kept.push(kept_len(&h, args.keep, args.keep_newer_than));
+        histories.push(h.into_iter().map(|c| c.checksum).collect::<Vec<_>>());
+    }
     if args.keep.is_some() || args.keep_newer_than.is_some() {
-        let mut histories = Vec::new();
-        for (refname, head) in &refs {
-            let h = repo::history(&r, head)?;
-            let n = kept_len(&h, args.keep, args.keep_newer_than);
-            kept.insert(refname.clone(), n);
-            histories.push(h.into_iter().map(|c| c.checksum).collect::<Vec<_>>());
-        }
         let needed: std::collections::BTreeSet<&String> = histories
             .iter()
-            .zip(refs.iter())
-            .flat_map(|(h, (refname, _))| h.iter().take(kept[refname]))
+            .zip(&kept)
+            .flat_map(|(h, &n)| h.iter().take(n))
             .collect();
         // Like `ostree prune --keep-younger-than`: the first commit a ref
         // drops is deleted, which cuts the older ones off that ref; the
         // prune then removes whatever no ref reaches any more. A commit
         // another ref still keeps is never deleted.
-        for (h, (refname, _)) in histories.iter().zip(refs.iter()) {
-            if let Some(first_dropped) = h.get(kept[refname]) {
+        for ((h, &n), (refname, _)) in histories.iter().zip(&kept).zip(&refs) {
+            if let Some(first_dropped) = h.get(n) {
                 if !needed.contains(first_dropped) {
                     r.delete_object(
                         ostree::ObjectType::Commit,
@@ -160,8 +160,9 @@ pub fn prepare(args: &PrepareOptions) -> Result<Outcome> {
         println!(
             "Pruned {pruned} objects ({}); kept per ref: {}.",
             human_bytes(size),
-            kept.iter()
-                .map(|(r, n)| format!("{r} {n}"))
+            refs.iter()
+                .zip(&kept)
+                .map(|((r, _), n)| format!("{r} {n}"))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
@@ -174,7 +175,7 @@ pub fn prepare(args: &PrepareOptions) -> Result<Outcome> {
         .map(|s| s.to_string())
         .collect();
     let deltas_dir = args.repo.join("deltas");
-    for (refname, head) in &refs {
+    for (((refname, head), history), &n) in refs.iter().zip(&histories).zip(&kept) {
         for k in &keys {
             sign::sign_commit(&r, head, k)
                 .with_context(|| format!("signing {head} ({refname}) with {}", k.source))?;
@@ -183,11 +184,7 @@ pub fn prepare(args: &PrepareOptions) -> Result<Outcome> {
             gpg::sign_commit(&r, head, g)
                 .with_context(|| format!("signing {head} ({refname}) with {}", g.describe()))?;
         }
-        let history: Vec<String> = repo::history(&r, head)?
-            .into_iter()
-            .map(|c| c.checksum)
-            .collect();
-        for from in delta_sources(&history, args.deltas, kept.get(refname).copied()) {
+        for from in delta_sources(history, args.deltas, Some(n)) {
             let name = format!("{from}-{head}");
             if existing.contains(&name) {
                 continue;
