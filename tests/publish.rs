@@ -328,18 +328,7 @@ fn gpg_signed_updates_over_nginx_and_what_hosts_refuse() {
     let server = Nginx::serve(repo.parent().unwrap());
     let url = server.url("repo");
     let keyring = a.export(false);
-    let out = hostctl_ok(
-        fx.sysroot(),
-        &[
-            "install",
-            "--repo",
-            &url,
-            "--ref",
-            "stable",
-            "--gpg-keyring",
-            keyring.to_str().unwrap(),
-        ],
-    );
+    let out = fx.install_gpg_verified(&url, "stable", &keyring);
     assert!(
         out.contains(&format!(
             "Summary of origin is signed by GPG key {}",

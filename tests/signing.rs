@@ -406,18 +406,7 @@ fn hosts_accept_only_commits_gpg_signed_by_a_trusted_key() {
         .commit_with("stable", "1.0", T0, &files("1.0"), &a_args);
     let keyring = a.export(true);
     let url = fx.build.url();
-    let out = hostctl_ok(
-        fx.sysroot(),
-        &[
-            "install",
-            "--repo",
-            &url,
-            "--ref",
-            "stable",
-            "--gpg-keyring",
-            keyring.to_str().unwrap(),
-        ],
-    );
+    let out = fx.install_gpg_verified(&url, "stable", &keyring);
     assert!(
         out.contains(&format!("signed by GPG key {}", a.fingerprint)),
         "{out}"

@@ -668,6 +668,15 @@ impl Fixture {
 
     /// Install `branch` from `url`, trusting the keys in `verify_key`.
     pub fn install_verified(&self, url: &str, branch: &str, verify_key: &Path) -> String {
+        self.install_trusting(url, branch, "--verify-key", verify_key)
+    }
+
+    /// `install` trusting the GPG keys in `keyring`.
+    pub fn install_gpg_verified(&self, url: &str, branch: &str, keyring: &Path) -> String {
+        self.install_trusting(url, branch, "--gpg-keyring", keyring)
+    }
+
+    fn install_trusting(&self, url: &str, branch: &str, flag: &str, keys: &Path) -> String {
         hostctl_ok(
             self.sysroot(),
             &[
@@ -676,8 +685,8 @@ impl Fixture {
                 url,
                 "--ref",
                 branch,
-                "--verify-key",
-                verify_key.to_str().unwrap(),
+                flag,
+                keys.to_str().unwrap(),
             ],
         )
     }
