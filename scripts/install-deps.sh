@@ -12,6 +12,9 @@ packages=(
   bubblewrap
   # tests: a static HTTP server for remotes over http
   python3
+  # tests of the commit writer: xattrs (getfattr), file capabilities (setcap);
+  # bench/commit.sh: peak memory with /usr/bin/time -v
+  attr libcap2-bin time
   # tests: an independent ed25519 implementation to check signatures, and
   # HMAC-SHA256 to check the agent's FleetLock host id
   openssl
@@ -23,10 +26,21 @@ packages=(
   tzdata
   # tests: serving published repositories (started by the tests on 127.0.0.1)
   nginx-light
+  # tests: a QEMU guest's only way out, guestfwd to a 127.0.0.1 port, runs
+  # socat for each connection
+  socat
   # Debian composes and the initramfs
   mmdebstrap dracut-core ostree-boot
+  # container images carried in commits: skopeo copies them into the tree;
+  # the tests run the carried images with podman and runc (crun, podman's
+  # other choice, refuses the hybrid cgroup hierarchy of the test machines)
+  skopeo podman runc
   # disks, filesystems and boots
   e2fsprogs dosfstools mtools fdisk gdisk systemd-boot-efi ovmf qemu-system-x86 qemu-utils
+  # the Debian package (scripts/build-deb.sh): debhelper builds it, pandoc
+  # makes hostctl.toml(5) and treefile(5) from docs/; its test checks it
+  # with lintian and man
+  debhelper dpkg-dev pandoc lintian man-db
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -20,6 +20,8 @@ use crate::publish::serve::PrepareOptions;
 use crate::publish::{KeygenOptions, SignOptions};
 use crate::Outcome;
 
+pub mod docs;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "hostctl",
@@ -88,7 +90,7 @@ pub enum Command {
     /// The update agent (run by hostctl-agent.timer; see docs/agent.md).
     #[command(subcommand)]
     Agent(AgentCmd),
-    /// Boot-time hooks run by hostctl's systemd units (not for interactive use).
+    /// Hooks run by hostctl's systemd units and by its package build (not for interactive use).
     #[command(subcommand, hide = true)]
     Internal(InternalCmd),
 }
@@ -186,6 +188,23 @@ pub enum KeyCmd {
 pub enum ComposeCmd {
     /// Compose TREEFILE into a commit on its ref.
     Tree(ComposeTreeArgs),
+    /// Commit a prepared directory as it is (like `ostree commit --tree=dir=`).
+    Commit(ComposeCommitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ComposeCommitArgs {
+    /// Repository to commit into; created (archive mode) when missing.
+    #[arg(long, default_value = "repo", value_name = "REPO")]
+    pub repo: PathBuf,
+    /// Ref to move to the new commit.
+    #[arg(long = "ref", value_name = "REF")]
+    pub refname: String,
+    /// Commit subject (default: the ref).
+    #[arg(long, value_name = "TEXT")]
+    pub subject: Option<String>,
+    /// The directory to commit: owners, modes and xattrs are taken as they are.
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -413,6 +432,15 @@ pub enum InternalCmd {
     /// Before boot-complete.target: run the health checks; fail (and record
     /// why) when one fails, so the boot is marked bad.
     HealthCheck(HealthCheckArgs),
+    /// At package build time: write the man pages and shell completions.
+    GenerateDocs(GenerateDocsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateDocsArgs {
+    /// Directory to write `man/` and `completions/` into.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -489,6 +517,14 @@ pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
 fn run_command(cli: &Cli, t: &Target) -> anyhow::Result<Outcome> {
     match &cli.command {
         Command::Compose(ComposeCmd::Tree(a)) => crate::compose::tree::run(&a.into()),
+        Command::Compose(ComposeCmd::Commit(a)) => {
+            crate::compose::tree::commit_dir(&crate::compose::tree::CommitDirOptions {
+                repo: a.repo.clone(),
+                refname: a.refname.clone(),
+                subject: a.subject.clone(),
+                dir: a.dir.clone(),
+            })
+        }
         Command::Install(a) => verbs::install(t, &a.into()),
         Command::Status(a) => verbs::status(t, &a.into()),
         Command::Upgrade(a) => verbs::upgrade(t, &a.into()),
@@ -549,6 +585,13 @@ fn run_command(cli: &Cli, t: &Target) -> anyhow::Result<Outcome> {
                 },
             },
         ),
+        Command::Internal(InternalCmd::GenerateDocs(a)) => {
+            let done = docs::generate(&a.out)?;
+            for p in done.man_pages.iter().chain(&done.completions) {
+                println!("{}", p.display());
+            }
+            Ok(Outcome::Done)
+        }
         Command::Internal(InternalCmd::PublishEntries(_)) => {
             crate::bootloader::cli::publish_entries(&cli.sysroot, &cli.esp_or_default())
         }

@@ -44,27 +44,6 @@ fn inputhash(repo: &Path, rev: &str) -> String {
     h
 }
 
-fn set_xattr(p: &Path, name: &str, value: &[u8]) {
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-    let n = std::ffi::CString::new(name).unwrap();
-    let r = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            n.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(
-        r,
-        0,
-        "setxattr {}: {}",
-        p.display(),
-        std::io::Error::last_os_error()
-    );
-}
-
 /// A small Debian-shaped rootfs: merged /usr, a shell, a kernel in /boot,
 /// content in /var, a setuid binary, an xattr, a file owned by a non-root user.
 fn make_base(dir: &Path) {

@@ -291,6 +291,18 @@ pub fn parse_layer(path: &Path, text: &str) -> Result<Layer> {
                     ),
                 ));
             }
+            // The URL becomes a request line; refuse what cannot be one here,
+            // naming the line, rather than at the first reboot.
+            if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(at(
+                    u.span(),
+                    "fleet-lock.url",
+                    format!(
+                        "{:?} contains whitespace or control characters",
+                        u.get_ref()
+                    ),
+                ));
+            }
             layer.fleet_lock_url = Some(url);
         }
         if let Some(g) = f.group {
@@ -611,6 +623,12 @@ timeout = "30s"
                 "8d",
             ),
             ("[fleet-lock]\nurl = \"ftp://x\"\n", 2, "fleet-lock.url", "ftp://x"),
+            (
+                "[fleet-lock]\nurl = \"http://a/x\\nHost: b\"\n",
+                2,
+                "fleet-lock.url",
+                "control characters",
+            ),
             (
                 "[health]\nrequired-units = [\n  \"--force\",\n]\n",
                 3,

@@ -72,6 +72,20 @@ fn random_delay(max: Duration) -> u64 {
     u64::from_le_bytes(b) % (max.as_secs() + 1)
 }
 
+/// Whether the running boot is known good: on the running OSTree host,
+/// boot-complete.target is active (the unit wants it, so it has been tried
+/// by the time the agent runs); any other sysroot is not a boot at all.
+fn boot_known_good(t: &Target) -> bool {
+    if t.sysroot != Path::new("/") || !Path::new("/run/ostree-booted").exists() {
+        return true;
+    }
+    Command::new("systemctl")
+        .args(["is-active", "--quiet", "boot-complete.target"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
 fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
@@ -149,6 +163,14 @@ fn write_file(p: &Path, text: &str) -> Result<()> {
 /// `hostctl agent run-once`.
 pub fn run_once(t: &Target, o: &AgentOptions) -> Result<Outcome> {
     let c = config::load(&o.defaults, &o.config)?;
+    if !boot_known_good(t) {
+        // A boot whose health checks failed is about to fall back: giving
+        // the reboot slot back now would let the fleet reboot the next
+        // host while this one is still down, and staging would only race
+        // the fallback.
+        log("this boot has not reached boot-complete.target (its health checks failed or have not finished): doing nothing");
+        return Ok(Outcome::Unchanged { exit_77: false });
+    }
     release_fleet_lock(&c, &o.state_dir)?;
     let stamp_path = o.state_dir.join(STAMP);
     let now = Timestamp::now().as_second();

@@ -142,7 +142,7 @@ fn install_dracut_conf(tree: &Path, src: &Path) -> Result<()> {
     }
     if n == 0 {
         bail!(
-            "no dracut configuration (*.conf) found in {}; set HOSTCTL_DATADIR to hostctl's source directory",
+            "no dracut configuration (*.conf) found in {}; set HOSTCTL_DATADIR to hostctl's data directory (its source checkout, or /usr/share/hostctl where the package installed it)",
             src.display()
         );
     }

@@ -100,5 +100,8 @@ pub fn local_inputs(tf: &Treefile) -> Result<InputHasher> {
     for deb in &tf.local_packages {
         h.input("local-package", deb)?;
     }
+    for img in &tf.images {
+        h.input("image", &img.source)?;
+    }
     Ok(h)
 }

@@ -2,7 +2,9 @@
 //!
 //! Data flow: [`treefile`] (parse, validate) → [`rootfs`] (base, overlays,
 //! removals) → [`packages`] (mmdebstrap/apt, with [`apt`]) →
-//! [`postprocess`] (scripts, tmpfiles, the OSTree layout) → [`initramfs`]
+//! [`postprocess`] (scripts) → [`containers`] (images into the tree's
+//! store, container units) → [`postprocess`] (units, tmpfiles, the OSTree
+//! layout) → [`initramfs`]
 //! and [`sysusers`] → [`commit`]; [`tree`] runs the steps and
 //! [`inputhash`] decides whether anything changed.
 //!
@@ -10,6 +12,7 @@
 
 pub mod apt;
 pub mod commit;
+pub mod containers;
 pub mod initramfs;
 pub mod inputhash;
 pub mod packages;

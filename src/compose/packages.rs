@@ -42,12 +42,18 @@ pub fn default_cachedir() -> PathBuf {
 }
 
 /// Where hostctl finds the files it ships into trees (`dracut/`,
-/// `systemd-units/`): `$HOSTCTL_DATADIR`, else the source checkout it was
-/// built from.
+/// `systemd-units/`, `docs/`): `$HOSTCTL_DATADIR` at run time, else the
+/// directory named by `HOSTCTL_BUILD_DATADIR` when the binary was built (the
+/// Debian package sets `/usr/share/hostctl`, since its binary outlives the
+/// build tree), else the source checkout it was built from.
 pub fn datadir() -> PathBuf {
     match std::env::var_os("HOSTCTL_DATADIR") {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+        None => PathBuf::from(
+            option_env!("HOSTCTL_BUILD_DATADIR")
+                .filter(|d| !d.is_empty())
+                .unwrap_or(env!("CARGO_MANIFEST_DIR")),
+        ),
     }
 }
 

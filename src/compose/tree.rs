@@ -8,8 +8,10 @@ use anyhow::{bail, Context, Result};
 use ostree::glib;
 
 use super::treefile::{self, Treefile};
-use super::{commit, initramfs, inputhash, packages, postprocess, rootfs, sysusers, version};
-use crate::format::{gpg, keys, pkglist, repo, sign};
+use super::{
+    commit, containers, initramfs, inputhash, packages, postprocess, rootfs, sysusers, version,
+};
+use crate::format::{gpg, images, keys, pkglist, repo, sign};
 use crate::util;
 use crate::Outcome;
 
@@ -84,7 +86,7 @@ pub fn run(args: &ComposeOptions) -> Result<Outcome> {
 
     let accounts = work.path().join("accounts");
     let accounts = previous_accounts(&args.repo, &tf.refname, &accounts)?;
-    let installed = build_tree(&tf, &tree, &cachedir, accounts.as_deref())?;
+    let (installed, carried) = build_tree(&tf, &tree, work.path(), &cachedir, accounts.as_deref())?;
 
     let repo = repo::open_or_create_archive(&args.repo)?;
     if lock.is_none() {
@@ -112,6 +114,9 @@ pub fn run(args: &ComposeOptions) -> Result<Outcome> {
     metadata.insert(keys::INPUT_HASH, &hash);
     if !installed.is_empty() {
         metadata.insert_value(keys::PACKAGES, &pkglist::to_variant(&installed));
+    }
+    if !tf.images.is_empty() {
+        metadata.insert_value(keys::IMAGES, &images::to_variant(&carried));
     }
 
     let subject = match &version_str {
@@ -148,6 +153,43 @@ pub fn run(args: &ComposeOptions) -> Result<Outcome> {
         Some(v) => println!("{} => {checksum} (version {v})", tf.refname),
         None => println!("{} => {checksum}", tf.refname),
     }
+    drop(lock);
+    Ok(Outcome::Done)
+}
+
+/// What `hostctl compose commit` is asked to do.
+#[derive(Debug, Clone)]
+pub struct CommitDirOptions {
+    pub repo: PathBuf,
+    pub refname: String,
+    pub subject: Option<String>,
+    pub dir: PathBuf,
+}
+
+/// Commits a directory prepared elsewhere, with no metadata of hostctl's.
+pub fn commit_dir(o: &CommitDirOptions) -> Result<Outcome> {
+    match fs::metadata(&o.dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => bail!("{}: not a directory; commit a directory", o.dir.display()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", o.dir.display())),
+    }
+    check_repo_path(&o.repo)?;
+    let repo = repo::open_or_create_archive(&o.repo)?;
+    let lock = lock_ref(&o.repo, &o.refname)?;
+    let parent = repo::ref_head(&repo, &o.refname)?;
+    let checksum = commit::commit_tree(
+        &repo,
+        &o.dir,
+        commit::NewCommit {
+            refname: &o.refname,
+            parent: parent.as_deref(),
+            subject: o.subject.as_deref().unwrap_or(&o.refname),
+            metadata: glib::VariantDict::new(None),
+            sign_key: None,
+            gpg_signers: &[],
+        },
+    )?;
+    println!("{} => {checksum}", o.refname);
     drop(lock);
     Ok(Outcome::Done)
 }
@@ -216,13 +258,16 @@ fn check_repo_path(repo: &Path) -> Result<()> {
 }
 
 /// Every step between the inputs and a tree libostree can deploy, in order.
-/// Returns the installed Debian packages (empty for a tree without dpkg).
+/// Returns the installed Debian packages (empty for a tree without dpkg)
+/// and the carried container images. `work` holds scratch files outside
+/// the tree.
 pub fn build_tree(
     tf: &Treefile,
     tree: &Path,
+    work: &Path,
     cachedir: &Path,
     accounts: Option<&Path>,
-) -> Result<Vec<pkglist::Package>> {
+) -> Result<(Vec<pkglist::Package>, Vec<images::Image>)> {
     if tf.base.is_some() {
         eprintln!("Populating the tree from the base");
     }
@@ -234,6 +279,9 @@ pub fn build_tree(
     rootfs::apply_overlays(tf, tree)?;
     rootfs::remove_files(tf, tree)?;
     postprocess::run_scripts(tf, tree)?;
+    // After the scripts, so none of them can alter the carried images, and
+    // before the units are enabled and the tree is checked as a whole.
+    let carried = containers::install(tf, tree, work)?;
     postprocess::enable_units(tf, tree)?;
     // A local base without dpkg is not a Debian tree: it brings its own
     // kernel and initramfs, and has no package list to record.
@@ -249,7 +297,7 @@ pub fn build_tree(
     postprocess::ostree_layout(tree)?;
     let from_packages = !tf.packages.is_empty() || !tf.local_packages.is_empty();
     postprocess::check::check_deployable(tree, from_packages)?;
-    Ok(installed)
+    Ok((installed, carried))
 }
 
 /// The account files (`/usr/etc/passwd`, ...) of the ref's current commit,
@@ -289,7 +337,7 @@ fn check_inputs(tf: &Treefile) -> Result<()> {
             Err(_) => bail!("{top}: key `overlays`: {} does not exist", o.display()),
         }
     }
-    Ok(())
+    containers::check_sources(tf)
 }
 
 /// The ref's head when its recorded input hash equals `hash`.

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::containers::spec::{self, ContainerSpec, ImageSpec, Origin};
+
 /// One treefile exactly as written (all keys optional so that includes can
 /// provide them). Unknown keys are errors: a typo must not silently drop a
 /// package or an overlay from a host image.
@@ -44,6 +46,10 @@ pub struct RawTreefile {
     pub install_hostctl: Option<bool>,
     /// mmdebstrap variant: the package set installed besides `packages`.
     pub variant: Option<String>,
+    /// Container images carried in the commit.
+    pub images: Option<Vec<ImageSpec>>,
+    /// Containers systemd runs from those images.
+    pub containers: Option<Vec<ContainerSpec>>,
 }
 
 /// The flattened treefile: includes resolved, paths absolute, defaults applied.
@@ -71,6 +77,8 @@ pub struct Treefile {
     pub local_packages: Vec<PathBuf>,
     pub install_hostctl: bool,
     pub variant: Option<String>,
+    pub images: Vec<ImageSpec>,
+    pub containers: Vec<ContainerSpec>,
 }
 
 pub const DEFAULT_SUITE: &str = "bookworm";
@@ -100,7 +108,25 @@ pub fn parse_one(path: &Path, text: &str) -> Result<RawTreefile> {
             *p = abs(p);
         }
     }
+    for (i, img) in raw.images.iter_mut().flatten().enumerate() {
+        img.source = abs(&img.source);
+        img.origin = Origin {
+            file: path.to_path_buf(),
+            line: spec::entry_line(text, "images", i).or_else(|| line_of_key(text, "images")),
+        };
+    }
+    for (i, c) in raw.containers.iter_mut().flatten().enumerate() {
+        c.origin = Origin {
+            file: path.to_path_buf(),
+            line: spec::entry_line(text, "containers", i)
+                .or_else(|| line_of_key(text, "containers")),
+        };
+    }
     validate(path, text, &raw)?;
+    spec::validate(
+        raw.images.as_deref().unwrap_or_default(),
+        raw.containers.as_deref().unwrap_or_default(),
+    )?;
     Ok(raw)
 }
 
@@ -241,6 +267,8 @@ pub fn merge(included: RawTreefile, top: RawTreefile) -> RawTreefile {
         local_packages: list(included.local_packages, top.local_packages),
         install_hostctl: top.install_hostctl.or(included.install_hostctl),
         variant: top.variant.or(included.variant),
+        images: list(included.images, top.images),
+        containers: list(included.containers, top.containers),
     }
 }
 
@@ -291,6 +319,9 @@ fn finish(path: &Path, raw: RawTreefile, sources: Vec<PathBuf>) -> Result<Treefi
             path.display()
         );
     };
+    let images = raw.images.unwrap_or_default();
+    let containers = raw.containers.unwrap_or_default();
+    spec::check_references(&images, &containers)?;
     Ok(Treefile {
         sources,
         refname,
@@ -312,6 +343,8 @@ fn finish(path: &Path, raw: RawTreefile, sources: Vec<PathBuf>) -> Result<Treefi
         local_packages: raw.local_packages.unwrap_or_default(),
         install_hostctl: raw.install_hostctl.unwrap_or(false),
         variant: raw.variant,
+        images,
+        containers,
     })
 }
 
@@ -497,9 +530,15 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
         .rev()
     {
         let l = l.trim();
+        // `[table]`, or `[[table]]` for an entry of an array of tables.
         if let Some(table) = l
             .strip_prefix('[')
             .and_then(|r| r.strip_suffix(']'))
+            .map(|t| {
+                t.strip_prefix('[')
+                    .and_then(|t| t.strip_suffix(']'))
+                    .unwrap_or(t)
+            })
             .filter(|t| is_bare_key(t.trim()))
         {
             let table = table.trim();
@@ -804,12 +843,10 @@ d = """x""""
     fn the_reference_treefile_enables_the_agent_and_ships_its_defaults() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let tf = load(&root.join("treefiles/debian-minimal.toml")).unwrap();
-        assert!(
-            tf.units.iter().any(|u| u == "hostctl-agent.timer"),
-            "{:?}",
-            tf.units
-        );
-        assert!(root.join("systemd-units/hostctl-agent.timer").is_file());
+        for unit in ["hostctl-agent.timer", "hostctl-health.service"] {
+            assert!(tf.units.iter().any(|u| u == unit), "{unit}: {:?}", tf.units);
+            assert!(root.join("systemd-units").join(unit).is_file(), "{unit}");
+        }
         assert!(root.join("systemd-units/hostctl-agent.service").is_file());
         assert!(
             tf.overlays

@@ -13,6 +13,9 @@ pub const INPUT_HASH: &str = "hostctl.inputhash";
 /// The installed Debian packages, `a(sss)` (name, version, architecture).
 pub const PACKAGES: &str = "hostctl.packages";
 
+/// The container images the tree carries, `a(ss)` (name, manifest digest).
+pub const IMAGES: &str = "hostctl.images";
+
 /// Detached metadata: ed25519 signatures of the commit, `aay`, the key
 /// libostree itself uses.
 pub const SIGN_ED25519: &str = "ostree.sign.ed25519";
@@ -38,7 +41,7 @@ mod tests {
 
     #[test]
     fn own_keys_are_reserved() {
-        for k in [VERSION, INPUT_HASH, PACKAGES, "ostree.ref-binding"] {
+        for k in [VERSION, INPUT_HASH, PACKAGES, IMAGES, "ostree.ref-binding"] {
             assert!(is_reserved(k), "{k}");
         }
         assert!(!is_reserved("site.owner"));

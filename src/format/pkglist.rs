@@ -104,14 +104,7 @@ pub fn render(d: &PackageDiff) -> String {
         return "No package changes.\n".to_string();
     }
     let mut out = String::new();
-    let mut section = |title: &str, lines: Vec<String>| {
-        if !lines.is_empty() {
-            let _ = writeln!(out, "{title} ({}):", lines.len());
-            for l in lines {
-                let _ = writeln!(out, "  {l}");
-            }
-        }
-    };
+    let mut section = |title: &str, lines: Vec<String>| write_section(&mut out, title, lines);
     let pkg = |p: &Package| format!("{} {} {}", p.name, p.version, p.arch);
     let chg = |c: &Change| format!("{} {} -> {} {}", c.name, c.from, c.to, c.arch);
     section("Upgraded", d.upgraded.iter().map(chg).collect());
@@ -119,6 +112,18 @@ pub fn render(d: &PackageDiff) -> String {
     section("Removed", d.removed.iter().map(pkg).collect());
     section("Added", d.added.iter().map(pkg).collect());
     out
+}
+
+/// One titled, counted, indented section of a diff listing; nothing when
+/// `lines` is empty. Shared by the package and image diffs so `db diff`
+/// prints both alike.
+pub(crate) fn write_section(out: &mut String, title: &str, lines: Vec<String>) {
+    if !lines.is_empty() {
+        let _ = writeln!(out, "{title} ({}):", lines.len());
+        for l in lines {
+            let _ = writeln!(out, "  {l}");
+        }
+    }
 }
 
 /// The package list stored in a commit's metadata.
@@ -131,12 +136,7 @@ pub fn packages_of_commit(repo: &ostree::Repo, checksum: &str) -> Result<Vec<Pac
 /// The package list of a commit, or `None` when it has none (a tree composed
 /// from local inputs only).
 pub fn recorded_packages(repo: &ostree::Repo, checksum: &str) -> Result<Option<Vec<Package>>> {
-    let commit = repo
-        .load_variant(ostree::ObjectType::Commit, checksum)
-        .with_context(|| format!("loading commit {checksum}"))?;
-    // A commit variant is (a{sv} metadata, parent, related, subject, body, time, root tree, root meta).
-    let meta = crate::format::repo::metadata_of(&commit);
-    let Some(v) = meta.lookup_value(METADATA_KEY, None) else {
+    let Some(v) = crate::format::repo::metadata_value(repo, checksum, METADATA_KEY)? else {
         return Ok(None);
     };
     let list: Vec<(String, String, String)> = v.get().with_context(|| {
@@ -217,9 +217,8 @@ pub fn repo_diff(repo_path: &Path, from: Option<&str>, to: Option<&str>) -> Resu
     repo.open(gio::Cancellable::NONE)
         .with_context(|| format!("opening repo {}", repo_path.display()))?;
     let (a, b) = repo_endpoints(&repo, from, to)?;
-    let pa = packages_of_commit(&repo, &a)?;
-    let pb = packages_of_commit(&repo, &b)?;
-    Ok(format!("From {a}\nTo   {b}\n{}", render(&diff(&pa, &pb))))
+    let text = crate::format::images::render_commits(&repo, &a, &repo, &b)?;
+    Ok(format!("From {a}\nTo   {b}\n{text}"))
 }
 
 #[cfg(test)]

@@ -57,12 +57,21 @@ pub fn metadata_of(commit: &glib::Variant) -> glib::VariantDict {
     glib::VariantDict::new(Some(&commit.child_value(0)))
 }
 
-/// A string key of a commit's metadata.
-pub fn metadata_string(repo: &ostree::Repo, checksum: &str, key: &str) -> Result<Option<String>> {
+/// A key of a commit's metadata, as stored; `None` when the commit has none.
+pub fn metadata_value(
+    repo: &ostree::Repo,
+    checksum: &str,
+    key: &str,
+) -> Result<Option<glib::Variant>> {
     let (commit, _) = repo
         .load_commit(checksum)
         .with_context(|| format!("loading commit {checksum}"))?;
-    Ok(metadata_of(&commit).lookup::<String>(key).ok().flatten())
+    Ok(metadata_of(&commit).lookup_value(key, None))
+}
+
+/// A string key of a commit's metadata.
+pub fn metadata_string(repo: &ostree::Repo, checksum: &str, key: &str) -> Result<Option<String>> {
+    Ok(metadata_value(repo, checksum, key)?.and_then(|v| v.get::<String>()))
 }
 
 fn info_of(checksum: &str, commit: &glib::Variant) -> CommitInfo {

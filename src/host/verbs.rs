@@ -11,8 +11,8 @@ use ostree::gio;
 
 use crate::bootloader::{self, EspTarget};
 use crate::format::dirtree::{diff_files, usr_files};
-use crate::format::pkglist;
 use crate::format::repo::{commit_info, CommitInfo};
+use crate::format::{images, pkglist};
 use crate::host::fetch;
 use crate::host::kargs::{self, Edit};
 use crate::host::origin::Refspec;
@@ -286,12 +286,20 @@ fn print_preview(
             println!("  {mark} /{p}");
         }
     }
+    let carried = (
+        images::recorded_images(old_repo, old)?,
+        images::recorded_images(new_repo, new)?,
+    );
     match (
         pkglist::recorded_packages(old_repo, old)?,
         pkglist::recorded_packages(new_repo, new)?,
     ) {
         (Some(o), Some(n)) => print!("{}", pkglist::render(&pkglist::diff(&o, &n))),
         _ => println!("Packages: not recorded in both commits"),
+    }
+    if let (Some(_), _) | (_, Some(_)) = carried {
+        let (o, n) = (carried.0.unwrap_or_default(), carried.1.unwrap_or_default());
+        print!("{}", images::render(&images::diff(&o, &n)));
     }
     Ok(())
 }
@@ -490,10 +498,9 @@ pub fn db_diff(t: &Target, args: &DbDiffOptions) -> Result<Outcome> {
     let to = pick(args.to.as_deref(), (from != 0).then_some(0), "TO")?;
     let repo = host.repo();
     let (a, b) = (deps[from].csum(), deps[to].csum());
-    let old = pkglist::packages_of_commit(&repo, &a)?;
-    let new = pkglist::packages_of_commit(&repo, &b)?;
+    let text = images::render_commits(&repo, &a, &repo, &b)?;
     println!("Deployment {from} ({a}) -> deployment {to} ({b}):");
-    print!("{}", pkglist::render(&pkglist::diff(&old, &new)));
+    print!("{text}");
     Ok(Outcome::Done)
 }
 

@@ -3,6 +3,7 @@
 //! be the test machine's own), test commits, and a sysroot fingerprint.
 #![allow(dead_code)]
 
+pub mod fleetlock;
 pub mod nginx;
 
 use std::collections::BTreeMap;
@@ -1066,4 +1067,26 @@ impl Drop for GpgKey {
             .args(["--kill", "gpg-agent"])
             .status();
     }
+}
+
+/// Set an extended attribute on `p` itself (not on a symlink's target).
+pub fn set_xattr(p: &Path, name: &str, value: &[u8]) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let r = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "setxattr {name} on {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
 }

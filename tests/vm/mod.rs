@@ -3,6 +3,10 @@
 //! ttyS0, and commands are typed at the shell with a marker echoed after each
 //! so that its output and exit status can be cut out of the console stream.
 
+#![allow(dead_code)] // each VM test uses its own part of the helpers
+
+pub mod guest;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -26,6 +30,21 @@ impl Vm {
     /// Boot `disk` (plus read-only `extra` disks, /dev/vdb, ...) with its own
     /// copy of the firmware variables in `dir`.
     pub fn start(dir: &Path, disk: &Path, extra: &[&Path], serial_log: &Path) -> Vm {
+        Vm::start_net(dir, disk, extra, serial_log, &[])
+    }
+
+    /// [`Vm::start`] with a network that reaches nothing but `forwards`:
+    /// each (`GUEST_IP:PORT`, host port) lets the guest connect to that
+    /// address and reach 127.0.0.1:port on this machine. QEMU user
+    /// networking with `restrict=on` (no other traffic leaves the guest);
+    /// the guest gets its address by DHCP. No forwards: no network at all.
+    pub fn start_net(
+        dir: &Path,
+        disk: &Path,
+        extra: &[&Path],
+        serial_log: &Path,
+        forwards: &[(&str, u16)],
+    ) -> Vm {
         let vars = dir.join("OVMF_VARS.fd");
         if !vars.exists() {
             std::fs::copy(OVMF_VARS, &vars).expect("copying OVMF variables");
@@ -34,13 +53,29 @@ impl Vm {
         let _ = std::fs::remove_file(&sock_path);
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(["-machine", "q35", "-m", "2048", "-smp", "2"])
-            .args(["-display", "none", "-monitor", "none", "-net", "none"])
+            .args(["-display", "none", "-monitor", "none"])
             .arg("-drive")
             .arg(format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"))
             .arg("-drive")
             .arg(format!("if=pflash,format=raw,file={}", vars.display()))
             .arg("-drive")
             .arg(format!("file={},format=raw,if=virtio", disk.display()));
+        if forwards.is_empty() {
+            cmd.args(["-net", "none"]);
+        } else {
+            // `cmd:` starts socat for each connection the guest opens: a
+            // `tcp:` chardev would carry a single connection, made once
+            // when QEMU starts.
+            let mut netdev = "user,id=n0,restrict=on".to_string();
+            for (guest, port) in forwards {
+                netdev.push_str(&format!(
+                    ",guestfwd=tcp:{guest}-cmd:socat - TCP:127.0.0.1:{port}"
+                ));
+            }
+            cmd.arg("-netdev")
+                .arg(netdev)
+                .args(["-device", "virtio-net-pci,netdev=n0"]);
+        }
         for e in extra {
             cmd.arg("-drive").arg(format!(
                 "file={},format=raw,if=virtio,readonly=on",
@@ -161,6 +196,15 @@ impl Vm {
             self.serial_log.display()
         );
         out
+    }
+
+    /// Write `content` to `path` in the guest. Sent as one line of base64:
+    /// a here-document cannot be typed through [`Vm::sh`], whose status
+    /// marker would follow its terminator on the same line.
+    pub fn write_file(&mut self, path: &str, content: &str) {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(content);
+        self.run(&format!("echo {b64} | base64 -d > {path}"));
     }
 
     /// Type a line without waiting for anything.

@@ -2,8 +2,11 @@
 # dracut module: repair the bootlink an ESP entry names, before
 # ostree-prepare-root follows it. See hostctl-bootlink.sh for why.
 
+# 255: only when asked for. Installed on a build machine by the Debian
+# package, the module must stay out of that machine's own initramfs; the
+# trees ask for it in dracut/50-hostctl.conf (add_dracutmodules).
 check() {
-    return 0
+    return 255
 }
 
 depends() {

@@ -1,4 +1,14 @@
 //! Writing a prepared tree into a repository as a commit on a ref.
+//!
+//! Archive repositories (hostctl's composes) get their content objects from
+//! hostctl's own writer ([`archive`]: parallel hashing, compression only of
+//! missing objects); other modes go through libostree's
+//! `write_directory_to_mtree`. Both give the same objects and checksums.
+
+mod archive;
+mod header;
+mod objects;
+mod scan;
 
 use std::path::Path;
 
@@ -44,16 +54,13 @@ pub fn commit_tree(repo: &ostree::Repo, tree: &Path, c: NewCommit) -> Result<Str
 }
 
 fn write(repo: &ostree::Repo, tree: &Path, c: &NewCommit) -> Result<String> {
-    let mtree = ostree::MutableTree::new();
-    // No flags: owners, modes (setuid included) and xattrs come from disk as is.
-    let modifier = ostree::RepoCommitModifier::new(ostree::RepoCommitModifierFlags::NONE, None);
-    repo.write_directory_to_mtree(
-        &gio::File::for_path(tree),
-        &mtree,
-        Some(&modifier),
-        gio::Cancellable::NONE,
-    )
-    .with_context(|| format!("writing {} into the repository", tree.display()))?;
+    // hostctl's writer asks the repository's own objects/ which objects it
+    // has; with a parent repository libostree's answer would differ.
+    let mtree = if repo.mode() == ostree::RepoMode::Archive && repo.parent().is_none() {
+        archive::write_tree(repo, tree)?
+    } else {
+        write_with_libostree(repo, tree)?
+    };
     let root = repo
         .write_mtree(&mtree, gio::Cancellable::NONE)
         .context("writing the root tree")?;
@@ -95,6 +102,21 @@ fn write(repo: &ostree::Repo, tree: &Path, c: &NewCommit) -> Result<String> {
     }
     repo.transaction_set_ref(None, c.refname, Some(&checksum));
     Ok(checksum.to_string())
+}
+
+/// libostree's own writer, for repository modes hostctl's does not write.
+fn write_with_libostree(repo: &ostree::Repo, tree: &Path) -> Result<ostree::MutableTree> {
+    let mtree = ostree::MutableTree::new();
+    // No flags: owners, modes (setuid included) and xattrs come from disk as is.
+    let modifier = ostree::RepoCommitModifier::new(ostree::RepoCommitModifierFlags::NONE, None);
+    repo.write_directory_to_mtree(
+        &gio::File::for_path(tree),
+        &mtree,
+        Some(&modifier),
+        gio::Cancellable::NONE,
+    )
+    .with_context(|| format!("writing {} into the repository", tree.display()))?;
+    Ok(mtree)
 }
 
 /// Reproducible builds set SOURCE_DATE_EPOCH; honour it for the commit time.

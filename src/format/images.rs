@@ -1,0 +1,212 @@
+//! The container images a commit carries (`hostctl.images`, `a(ss)`: name,
+//! manifest digest), their differences between two commits, and the one
+//! text `db diff` and `upgrade --preview` print: package changes, then
+//! image changes.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use ostree::glib;
+
+use crate::format::keys::IMAGES as METADATA_KEY;
+use crate::format::pkglist;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Image {
+    /// As podman names it, e.g. `localhost/app:v1`.
+    pub name: String,
+    /// `sha256:...` of the image's manifest.
+    pub digest: String,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ImageDiff {
+    pub added: Vec<Image>,
+    pub removed: Vec<Image>,
+    /// Same name, other content: (name, old digest, new digest).
+    pub changed: Vec<(String, String, String)>,
+}
+
+impl ImageDiff {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+pub fn to_variant(images: &[Image]) -> glib::Variant {
+    use glib::prelude::*;
+    images
+        .iter()
+        .map(|i| (i.name.clone(), i.digest.clone()))
+        .collect::<Vec<_>>()
+        .to_variant()
+}
+
+/// The images of a commit, or `None` when it records none (composed without
+/// `[[images]]`, or by an older hostctl).
+pub fn recorded_images(repo: &ostree::Repo, checksum: &str) -> Result<Option<Vec<Image>>> {
+    let Some(v) = crate::format::repo::metadata_value(repo, checksum, METADATA_KEY)? else {
+        return Ok(None);
+    };
+    let list: Vec<(String, String)> = v.get().with_context(|| {
+        format!(
+            "commit {checksum}: `{METADATA_KEY}` has type {}, expected a(ss)",
+            v.type_()
+        )
+    })?;
+    Ok(Some(
+        list.into_iter()
+            .map(|(name, digest)| Image { name, digest })
+            .collect(),
+    ))
+}
+
+pub fn diff(from: &[Image], to: &[Image]) -> ImageDiff {
+    let a: BTreeMap<&str, &Image> = from.iter().map(|i| (i.name.as_str(), i)).collect();
+    let b: BTreeMap<&str, &Image> = to.iter().map(|i| (i.name.as_str(), i)).collect();
+    let mut d = ImageDiff::default();
+    for (name, ia) in &a {
+        match b.get(name) {
+            None => d.removed.push((*ia).clone()),
+            Some(ib) if ib.digest != ia.digest => {
+                d.changed
+                    .push((name.to_string(), ia.digest.clone(), ib.digest.clone()))
+            }
+            Some(_) => {}
+        }
+    }
+    d.added = b
+        .iter()
+        .filter(|(n, _)| !a.contains_key(*n))
+        .map(|(_, i)| (*i).clone())
+        .collect();
+    d
+}
+
+pub fn render(d: &ImageDiff) -> String {
+    if d.is_empty() {
+        return "No image changes.\n".to_string();
+    }
+    let mut out = String::new();
+    let mut section =
+        |title: &str, lines: Vec<String>| super::pkglist::write_section(&mut out, title, lines);
+    section(
+        "Images changed",
+        d.changed
+            .iter()
+            .map(|(n, a, b)| format!("{n} {a} -> {b}"))
+            .collect(),
+    );
+    section(
+        "Images removed",
+        d.removed
+            .iter()
+            .map(|i| format!("{} {}", i.name, i.digest))
+            .collect(),
+    );
+    section(
+        "Images added",
+        d.added
+            .iter()
+            .map(|i| format!("{} {}", i.name, i.digest))
+            .collect(),
+    );
+    out
+}
+
+/// Package changes, then image changes, between two commits (each in its
+/// own repository: a preview compares the host's with a remote's). Commits
+/// without a package list are an error unless images were recorded, so a
+/// tree of images alone still has a diff.
+pub fn render_commits(
+    old_repo: &ostree::Repo,
+    old: &str,
+    new_repo: &ostree::Repo,
+    new: &str,
+) -> Result<String> {
+    let (ia, ib) = (
+        recorded_images(old_repo, old)?,
+        recorded_images(new_repo, new)?,
+    );
+    let any_images = ia.is_some() || ib.is_some();
+    let mut out = match (
+        pkglist::recorded_packages(old_repo, old)?,
+        pkglist::recorded_packages(new_repo, new)?,
+    ) {
+        (Some(a), Some(b)) => pkglist::render(&pkglist::diff(&a, &b)),
+        _ if any_images => "Packages: not recorded in both commits\n".to_string(),
+        _ => {
+            // The error the package list alone has always given.
+            pkglist::packages_of_commit(old_repo, old)?;
+            pkglist::packages_of_commit(new_repo, new)?;
+            unreachable!("one of the two has no package list")
+        }
+    };
+    if any_images {
+        out.push_str(&render(&diff(
+            &ia.unwrap_or_default(),
+            &ib.unwrap_or_default(),
+        )));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn i(name: &str, d: char) -> Image {
+        Image {
+            name: name.into(),
+            digest: format!("sha256:{}", d.to_string().repeat(64)),
+        }
+    }
+
+    #[test]
+    fn changes_are_keyed_by_name() {
+        let d = diff(
+            &[
+                i("localhost/app", 'a'),
+                i("localhost/old", 'b'),
+                i("same", 'c'),
+            ],
+            &[
+                i("localhost/app", 'd'),
+                i("localhost/new", 'e'),
+                i("same", 'c'),
+            ],
+        );
+        assert_eq!(d.removed, vec![i("localhost/old", 'b')]);
+        assert_eq!(d.added, vec![i("localhost/new", 'e')]);
+        assert_eq!(d.changed.len(), 1);
+        let text = render(&d);
+        assert!(
+            text.starts_with(&format!(
+                "Images changed (1):\n  localhost/app sha256:{} -> sha256:{}\n",
+                "a".repeat(64),
+                "d".repeat(64)
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("Images removed (1):\n  localhost/old"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Images added (1):\n  localhost/new"),
+            "{text}"
+        );
+        assert_eq!(
+            render(&diff(&[i("x", 'a')], &[i("x", 'a')])),
+            "No image changes.\n"
+        );
+    }
+
+    #[test]
+    fn variant_is_a_list_of_name_and_digest() {
+        let v = to_variant(&[i("localhost/app:v1", 'a')]);
+        assert_eq!(v.type_().as_str(), "a(ss)");
+        let back: Vec<(String, String)> = v.get().unwrap();
+        assert_eq!(back[0].0, "localhost/app:v1");
+    }
+}
