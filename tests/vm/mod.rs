@@ -20,6 +20,9 @@ const PROMPT_END: &str = ":~# ";
 pub struct Vm {
     child: Child,
     sock: UnixStream,
+    /// How QEMU was started, to start it again after a guest reset.
+    qemu_args: Vec<std::ffi::OsString>,
+    sock_path: PathBuf,
     /// Console bytes not yet consumed.
     buf: String,
     pub serial_log: PathBuf,
@@ -50,7 +53,6 @@ impl Vm {
             std::fs::copy(OVMF_VARS, &vars).expect("copying OVMF variables");
         }
         let sock_path = dir.join("console.sock");
-        let _ = std::fs::remove_file(&sock_path);
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(["-machine", "q35", "-m", "2048", "-smp", "2"])
             .args(["-display", "none", "-monitor", "none"])
@@ -88,30 +90,43 @@ impl Vm {
                 sock_path.display(),
                 serial_log.display()
             ))
-            .args(["-serial", "chardev:s0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        let child = cmd.spawn().expect("starting qemu-system-x86_64");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let sock = loop {
-            match UnixStream::connect(&sock_path) {
-                Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(100))
-                }
-                Err(e) => panic!("connecting to the guest console: {e}"),
-            }
-        };
-        sock.set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
+            .args(["-serial", "chardev:s0"]);
+        // A guest reboot makes QEMU exit, and `wait_for` starts it again:
+        // every boot is a cold start. OVMF's warm-reset path under software
+        // emulation is not what these tests check, and a reset that hangs
+        // there would look like a host that does not come back. What a
+        // reboot must keep (disks, firmware variables) is in files.
+        cmd.arg("-no-reboot");
+        let qemu_args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_owned()).collect();
+        let (child, sock) = spawn_qemu(&qemu_args, &sock_path);
         Vm {
             child,
             sock,
+            qemu_args,
+            sock_path,
             buf: String::new(),
             serial_log: serial_log.to_path_buf(),
             n: 0,
         }
+    }
+
+    /// QEMU exited: after a guest reset (not a power-off, not a crash) start
+    /// it again on the same disks and firmware variables and say so; false
+    /// when it should stay down.
+    fn restart_after_reset(&mut self, status: std::process::ExitStatus) -> bool {
+        if !status.success() {
+            return false;
+        }
+        let log = std::fs::read(&self.serial_log).unwrap_or_default();
+        let tail = String::from_utf8_lossy(&log[log.len().saturating_sub(4096)..]).into_owned();
+        if tail.contains("reboot: Power down") {
+            return false;
+        }
+        eprintln!("    the guest reset itself: starting QEMU again (cold start)");
+        let (child, sock) = spawn_qemu(&self.qemu_args, &self.sock_path);
+        self.child = child;
+        self.sock = sock;
+        true
     }
 
     /// Consume console output up to and including `pattern`.
@@ -125,14 +140,19 @@ impl Vm {
             }
             if Instant::now() > deadline {
                 panic!(
-                    "timed out after {timeout:?} waiting for {pattern:?} on the console (log: {})",
-                    self.serial_log.display()
+                    "timed out after {timeout:?} waiting for {pattern:?} on the console (log: {})\n{}",
+                    self.serial_log.display(),
+                    self.log_tail()
                 );
             }
             if let Ok(Some(status)) = self.child.try_wait() {
+                if self.restart_after_reset(status) {
+                    continue;
+                }
                 panic!(
-                    "qemu exited ({status}) while waiting for {pattern:?} (log: {})",
-                    self.serial_log.display()
+                    "qemu exited ({status}) while waiting for {pattern:?} (log: {})\n{}",
+                    self.serial_log.display(),
+                    self.log_tail()
                 );
             }
             match self.sock.read(&mut chunk) {
@@ -146,6 +166,17 @@ impl Vm {
                 Err(e) => panic!("reading the guest console: {e}"),
             }
         }
+    }
+
+    /// The console's last lines, for a failure message: CI keeps the test's
+    /// output but not the serial log it names.
+    fn log_tail(&self) -> String {
+        let text = std::fs::read(&self.serial_log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+        format!("--- last lines of the console ---\n{tail}\n--- end of console ---")
     }
 
     /// Wait until the autologin shell prompt appears (a boot finished).
@@ -238,6 +269,30 @@ impl Vm {
             self.serial_log.display()
         );
     }
+}
+
+/// Start QEMU with `args` and connect to its console socket (QEMU waits
+/// for that connection before it runs the guest).
+fn spawn_qemu(args: &[std::ffi::OsString], sock_path: &Path) -> (Child, UnixStream) {
+    let _ = std::fs::remove_file(sock_path);
+    let child = Command::new("qemu-system-x86_64")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting qemu-system-x86_64");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sock = loop {
+        match UnixStream::connect(sock_path) {
+            Ok(s) => break s,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => panic!("connecting to the guest console: {e}"),
+        }
+    };
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    (child, sock)
 }
 
 /// The exit status echoed after the end marker: `$?`, a number from 0 to
