@@ -257,6 +257,8 @@ fn under_a_terminal(sysroot: &Path, args: &[&str]) -> Output {
     }
     let out = Command::new("script")
         .args(["-qfec", &cmd, "/dev/null"])
+        // script's pty has no size: the line is cut to $COLUMNS then.
+        .env("COLUMNS", "200")
         .stdin(std::process::Stdio::null())
         .output()
         .expect("running script");
@@ -282,8 +284,9 @@ fn on_a_terminal_the_progress_line_is_redrawn() {
         said.contains("\r\x1b[KReceived "),
         "no summary after the cleared line:\n{said:?}"
     );
-    // A bar once the total is known.
+    // A bar once the total is known, and the time left once the rate is.
     assert!(said.contains("% Receiving: "), "no bar:\n{said:?}");
+    assert!(said.contains(" left\r\x1b[K"), "no time left:\n{said:?}");
 
     // The same upgrade off a terminal: no carriage return at all.
     s.publish("3.0", 3, 40, "0");

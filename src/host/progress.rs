@@ -376,16 +376,21 @@ pub fn log_line_due(
     now.duration_since(last.unwrap_or(start)) >= interval
 }
 
-/// The width of the terminal on stderr, 80 when it cannot be read.
+/// The width of the terminal on stderr; where the terminal does not know
+/// it (a pty nobody sized, as `script` makes without a terminal of its
+/// own), `$COLUMNS`, else 80.
 fn terminal_width() -> usize {
     // SAFETY: TIOCGWINSZ fills a winsize; the struct is plain data.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     let ok = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
     if ok && ws.ws_col > 0 {
-        ws.ws_col as usize
-    } else {
-        80
+        return ws.ws_col as usize;
     }
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .filter(|&c| c > 0)
+        .unwrap_or(80)
 }
 
 /// Prints a pull's progress; `finish` prints the summary.
