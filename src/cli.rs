@@ -67,9 +67,9 @@ pub enum ProgressArg {
     Json,
 }
 
-impl From<ProgressArg> for crate::host::progress::Mode {
+impl From<ProgressArg> for crate::progress::Mode {
     fn from(a: ProgressArg) -> Self {
-        use crate::host::progress::Mode;
+        use crate::progress::Mode;
         match a {
             ProgressArg::Auto => Mode::Auto,
             ProgressArg::Plain => Mode::Plain,
@@ -510,7 +510,7 @@ impl Cli {
 /// Run a parsed command line. This is the only place that turns clap's
 /// structs into the library's options, so the library never sees clap.
 pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
-    crate::host::progress::configure(cli.progress.into(), cli.progress_fd)?;
+    crate::progress::configure(cli.progress.into(), cli.progress_fd)?;
     let esp = cli.esp_target();
     let t = Target {
         sysroot: &cli.sysroot,

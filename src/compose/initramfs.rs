@@ -77,7 +77,7 @@ pub fn build(tree: &Path, dracut_conf_dir: &Path) -> Result<()> {
     }
     install_dracut_conf(tree, dracut_conf_dir)?;
     let out_rel = format!("/usr/lib/modules/{kver}/initramfs.img");
-    crate::host::progress::step(
+    crate::progress::step(
         "compose",
         &format!("Building the initramfs for {kver} with the tree's dracut"),
     );

@@ -342,7 +342,7 @@ fn install_packages(
     .arg(&tf.suite)
     .arg(tree)
     .arg(apt.dir.join("etc/sources.list"));
-    crate::host::progress::step(
+    crate::progress::step(
         "compose",
         &format!(
             "Installing {} packages with mmdebstrap (log: {})",

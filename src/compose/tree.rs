@@ -12,7 +12,7 @@ use super::{
     commit, containers, initramfs, inputhash, packages, postprocess, rootfs, sysusers, version,
 };
 use crate::format::{gpg, images, keys, pkglist, repo, sign};
-use crate::host::progress;
+use crate::progress;
 use crate::util;
 use crate::Outcome;
 

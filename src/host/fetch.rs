@@ -319,7 +319,7 @@ fn pull_with_progress(
     // again from zero, and a tool reading the JSON lines expects a stage's
     // counts never to go down.
     let stage = if no_deltas { "pull-missing" } else { "pull" };
-    let printer = crate::host::progress::Printer::new(stage);
+    let printer = crate::progress::Printer::new(stage);
     let pulled = repo
         .pull_with_options(
             remote,

@@ -144,7 +144,7 @@ pub fn install(tf: &Treefile, tree: &Path, work: &Path) -> Result<Vec<Image>> {
     };
     let mut images = Vec::new();
     for img in &tf.images {
-        crate::host::progress::step(
+        crate::progress::step(
             "compose",
             &format!("Copying image {} from {}", img.name, img.source.display()),
         );

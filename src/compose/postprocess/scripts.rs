@@ -29,7 +29,7 @@ pub fn run_scripts(tf: &Treefile, tree: &Path) -> Result<()> {
     };
     for (i, script) in tf.postprocess.iter().enumerate() {
         let first = script.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-        crate::host::progress::step(
+        crate::progress::step(
             "compose",
             &format!("Running postprocess[{i}]: {}", first.trim()),
         );
