@@ -302,3 +302,61 @@ fn on_a_terminal_the_progress_line_is_redrawn() {
         "no plain progress line:\n{err}"
     );
 }
+
+/// A compose announces its steps: JSON lines counting up with the time
+/// since the start, the error still a text line, the exit status and
+/// stdout the same as without the option. (A tree with both /etc and
+/// /usr/etc: three steps run before the layout is refused, in a second.)
+#[test]
+fn compose_steps_are_json_lines_counting_up_with_elapsed_time() {
+    let f = ComposeDir::new();
+    write(&f.p("base/etc/hostname"), "h\n");
+    write(&f.p("ov/usr/etc/foo"), "x\n");
+    let tf = f.treefile(
+        "t.toml",
+        "ref = \"r\"\nbase = \"base\"\noverlays = [\"ov\"]\n",
+    );
+    let repo = f.p("repo");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["compose", "tree", "--repo", repo.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.push(tf.to_str().unwrap());
+        hostctl_run(&args)
+    };
+    let plain = run(&[]);
+    let json = run(&["--progress=json"]);
+    assert_eq!(plain.status.code(), Some(1), "{}", stderr(&plain));
+    assert_eq!(json.status.code(), plain.status.code());
+    assert_eq!(json.stdout, plain.stdout);
+    let err = stderr(&plain);
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("[0:0") && l.ends_with("] Populating the tree from the base")),
+        "no timed step line:\n{err}"
+    );
+    let err = stderr(&json);
+    let lines = json_lines(&err);
+    assert!(lines.len() >= 3, "fewer than 3 steps:\n{err}");
+    let mut elapsed = 0.0;
+    for (i, v) in lines.iter().enumerate() {
+        assert_eq!(v["stage"], "compose", "{v}");
+        assert_eq!(v["done"], i as u64 + 1, "steps counted: {v}");
+        assert!(v["total"].is_null() && v["step"].is_string(), "{v}");
+        let e = v["elapsed_seconds"].as_f64().unwrap();
+        assert!(e >= elapsed, "time went back: {v}");
+        elapsed = e;
+    }
+    assert_eq!(lines[0]["step"], "Populating the tree from the base");
+    // Besides the JSON, only the error line (its work directory differs
+    // from run to run).
+    let text: Vec<String> = error_lines(&json)
+        .into_iter()
+        .filter(|l| !l.starts_with('{'))
+        .collect();
+    assert!(
+        text.len() == 1
+            && text[0].starts_with("error: ")
+            && text[0].contains("both /etc and /usr/etc"),
+        "text besides the JSON: {text:?}"
+    );
+}
