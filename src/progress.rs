@@ -530,6 +530,126 @@ pub fn step(stage: &str, text: &str) {
     }
 }
 
+/// A count with a known total (files committed), ticked from any thread:
+/// a redrawn bar on a terminal, a plain line every [`LOG_INTERVAL`], or a
+/// JSON line about once a second, and a last one from [`Counter::finish`].
+/// A tick costs an atomic add and, once per interval, a line: nothing
+/// measurable beside compressing a file.
+pub struct Counter {
+    stage: &'static str,
+    text: &'static str,
+    total: u64,
+    done: AtomicU64,
+    output: Output,
+    start: Instant,
+    /// When the last line was written; held while one is written.
+    last: Mutex<Instant>,
+    /// A terminal line was drawn and must be cleared at the end.
+    drew: std::sync::atomic::AtomicBool,
+}
+
+impl Counter {
+    /// `text` names what is counted (`files`); `stage` is the JSON stage.
+    pub fn new(stage: &'static str, text: &'static str, total: u64) -> Counter {
+        let now = Instant::now();
+        Counter {
+            stage,
+            text,
+            total,
+            done: AtomicU64::new(0),
+            output: output(),
+            start: now,
+            last: Mutex::new(now),
+            drew: false.into(),
+        }
+    }
+
+    fn interval(&self) -> Duration {
+        match self.output {
+            Output::Terminal => Duration::from_millis(200),
+            Output::Json => Duration::from_secs(1),
+            Output::Plain => LOG_INTERVAL,
+        }
+    }
+
+    pub fn tick(&self) {
+        let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
+        // Another thread writing a line: this tick is counted, not shown.
+        let Ok(mut last) = self.last.try_lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if now.duration_since(*last) < self.interval() {
+            return;
+        }
+        *last = now;
+        self.show(done, now.duration_since(self.start), false);
+    }
+
+    fn show(&self, done: u64, elapsed: Duration, finished: bool) {
+        match self.output {
+            Output::Terminal if finished => {
+                if self.drew.load(Ordering::Relaxed) {
+                    let _ = write!(std::io::stderr().lock(), "\r\x1b[K");
+                }
+            }
+            Output::Terminal => {
+                let line = count_line(self.text, done, self.total, elapsed, true);
+                let _ = write!(std::io::stderr().lock(), "\r\x1b[K{line}");
+                self.drew.store(true, Ordering::Relaxed);
+            }
+            // A count that ends within the first interval says nothing
+            // the step line before it did not.
+            Output::Plain if finished => {}
+            Output::Plain => {
+                let line = count_line(self.text, done, self.total, elapsed, false);
+                let _ = writeln!(std::io::stderr().lock(), "{line}");
+            }
+            Output::Json => emit_json(&count_json(self.stage, done, self.total, elapsed, finished)),
+        }
+    }
+
+    /// The last line (JSON), or the redrawn line cleared (terminal).
+    pub fn finish(self) {
+        let done = self.done.load(Ordering::Relaxed);
+        self.show(done, self.start.elapsed(), true);
+    }
+}
+
+/// `[####      ]  40% 400/1000 files, 0:12` (the bar on a terminal only).
+pub fn count_line(text: &str, done: u64, total: u64, elapsed: Duration, bar: bool) -> String {
+    let mut s = String::new();
+    if bar && total > 0 {
+        let f = (done as f64 / total as f64).clamp(0.0, 1.0);
+        const BAR: usize = 20;
+        let filled = (f * BAR as f64).floor() as usize;
+        s.push_str(&format!(
+            "[{}{}] {:3.0}% ",
+            "#".repeat(filled),
+            " ".repeat(BAR - filled),
+            f * 100.0
+        ));
+    }
+    s.push_str(&format!(
+        "{done}/{total} {text}, {}",
+        clock(elapsed.as_secs())
+    ));
+    s
+}
+
+/// A count as a JSON line: `{"stage", "done", "total", "elapsed_seconds",
+/// "finished"}`.
+pub fn count_json(stage: &str, done: u64, total: u64, elapsed: Duration, finished: bool) -> String {
+    serde_json::json!({
+        "stage": stage,
+        "done": done,
+        "total": total,
+        "elapsed_seconds": round_ms(elapsed),
+        "finished": finished,
+    })
+    .to_string()
+}
+
 /// `[0:12] Converting the tree to the OSTree layout`.
 pub fn step_line(text: &str, elapsed: Duration) -> String {
     format!("[{}] {text}", clock(elapsed.as_secs()))
@@ -660,6 +780,33 @@ mod tests {
         assert_eq!(
             terminal_line(&objects(0, 0, 0), &Estimate::default(), 80),
             "Receiving: 0/0 objects, 0 B"
+        );
+    }
+
+    #[test]
+    fn counts_show_done_of_total_with_a_bar_only_on_a_terminal() {
+        let t = Duration::from_secs(12);
+        assert_eq!(
+            count_line("files", 400, 1000, t, false),
+            "400/1000 files, 0:12"
+        );
+        assert_eq!(
+            count_line("files", 400, 1000, t, true),
+            "[########            ]  40% 400/1000 files, 0:12"
+        );
+        assert_eq!(count_line("files", 0, 0, t, true), "0/0 files, 0:12");
+        let v: serde_json::Value = serde_json::from_str(&count_json(
+            "commit",
+            5,
+            5,
+            Duration::from_millis(1500),
+            true,
+        ))
+        .unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"stage": "commit", "done": 5, "total": 5,
+                "elapsed_seconds": 1.5, "finished": true})
         );
     }
 

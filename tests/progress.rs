@@ -360,3 +360,34 @@ fn compose_steps_are_json_lines_counting_up_with_elapsed_time() {
         "text besides the JSON: {text:?}"
     );
 }
+
+/// Committing counts the files it compresses: with `--progress=json`, a
+/// last `commit` line with every file done.
+#[test]
+fn a_commit_counts_its_files_up_to_the_total() {
+    let f = ComposeDir::new();
+    for i in 0..30 {
+        write(&f.p(&format!("dir/usr/share/f{i}")), &format!("{i}\n"));
+    }
+    let repo = f.p("repo");
+    let dir = f.p("dir");
+    let out = hostctl_run(&[
+        "compose",
+        "commit",
+        "--progress=json",
+        "--repo",
+        repo.to_str().unwrap(),
+        "--ref",
+        "r",
+        dir.to_str().unwrap(),
+    ]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    let lines = json_lines(&err);
+    let last = lines
+        .iter()
+        .rfind(|v| v["stage"] == "commit")
+        .unwrap_or_else(|| panic!("no commit line:\n{err}"));
+    assert_eq!(last["finished"], true, "{last}");
+    assert_eq!((&last["done"], &last["total"]), (&30.into(), &30.into()));
+}
