@@ -47,8 +47,35 @@ pub struct Cli {
     /// Byte offset of the FAT filesystem inside --esp-image (default 0).
     #[arg(long, global = true, value_name = "BYTES", requires = "esp_image")]
     pub esp_offset: Option<u64>,
+    /// How progress is shown on stderr: a redrawn line on a terminal and
+    /// plain lines otherwise (auto), plain lines always, or one JSON object
+    /// per line (json). stdout never carries progress.
+    #[arg(long, global = true, value_enum, default_value_t = ProgressArg::Auto, value_name = "MODE")]
+    pub progress: ProgressArg,
+    /// Write progress as JSON lines to this open file descriptor instead of
+    /// stderr (implies --progress=json).
+    #[arg(long, global = true, value_name = "N")]
+    pub progress_fd: Option<i32>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressArg {
+    Auto,
+    Plain,
+    Json,
+}
+
+impl From<ProgressArg> for crate::progress::Mode {
+    fn from(a: ProgressArg) -> Self {
+        use crate::progress::Mode;
+        match a {
+            ProgressArg::Auto => Mode::Auto,
+            ProgressArg::Plain => Mode::Plain,
+            ProgressArg::Json => Mode::Json,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -483,6 +510,7 @@ impl Cli {
 /// Run a parsed command line. This is the only place that turns clap's
 /// structs into the library's options, so the library never sees clap.
 pub fn run(cli: &Cli) -> anyhow::Result<Outcome> {
+    crate::progress::configure(cli.progress.into(), cli.progress_fd)?;
     let esp = cli.esp_target();
     let t = Target {
         sysroot: &cli.sysroot,

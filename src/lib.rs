@@ -14,9 +14,12 @@
 //! - [`agent`]: the update agent: configuration, maintenance windows,
 //!   FleetLock, `/run/reboot-required`, one agent run.
 //! - [`cli`]: the command line, the only code that knows clap.
+//! - [`progress`]: what long operations (pulls, composes) show while they
+//!   run, on stderr or a descriptor; like `util`, any side may use it.
 //!
 //! Imports go one way: `cli` → verbs (`host`, `compose`, `image`) →
-//! mechanisms (`bootloader`, `host` internals) → `format` → `util`.
+//! mechanisms (`bootloader`, `host` internals) → `format` → `util`
+//! and `progress`.
 //! `agent` sits beside the verbs and uses them; only `cli` imports it. The
 //! next side gets a folder of its own too: `containers` (container hosts).
 
@@ -27,6 +30,7 @@ pub mod compose;
 pub mod format;
 pub mod host;
 pub mod image;
+pub mod progress;
 pub mod publish;
 pub mod util;
 

@@ -77,7 +77,10 @@ pub fn build(tree: &Path, dracut_conf_dir: &Path) -> Result<()> {
     }
     install_dracut_conf(tree, dracut_conf_dir)?;
     let out_rel = format!("/usr/lib/modules/{kver}/initramfs.img");
-    eprintln!("Building the initramfs for {kver} with the tree's dracut");
+    crate::progress::step(
+        "compose",
+        &format!("Building the initramfs for {kver} with the tree's dracut"),
+    );
     // The tree's dracut is code from the tree like a postprocess script, so
     // it gets the same sandbox. There is no CAP_MKNOD in it: dracut is told
     // not to create /dev nodes in the image, which the kernel's built-in

@@ -8,7 +8,8 @@
 //! and [`sysusers`] → [`commit`]; [`tree`] runs the steps and
 //! [`inputhash`] decides whether anything changed.
 //!
-//! May import `format` and `util`; never `host`, `bootloader` or `image`.
+//! May import `format`, `util` and `progress`; never `host`, `bootloader`
+//! or `image`.
 
 pub mod apt;
 pub mod commit;

@@ -342,14 +342,17 @@ fn install_packages(
     .arg(&tf.suite)
     .arg(tree)
     .arg(apt.dir.join("etc/sources.list"));
-    eprintln!(
-        "Installing {} packages with mmdebstrap (log: {})",
-        if on_base {
-            tf.packages.len() + tf.local_packages.len()
-        } else {
-            pkgs.len()
-        },
-        log.display()
+    crate::progress::step(
+        "compose",
+        &format!(
+            "Installing {} packages with mmdebstrap (log: {})",
+            if on_base {
+                tf.packages.len() + tf.local_packages.len()
+            } else {
+                pkgs.len()
+            },
+            log.display()
+        ),
     );
     let logf =
         std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;

@@ -12,6 +12,7 @@ use super::{
     commit, containers, initramfs, inputhash, packages, postprocess, rootfs, sysusers, version,
 };
 use crate::format::{gpg, images, keys, pkglist, repo, sign};
+use crate::progress;
 use crate::util;
 use crate::Outcome;
 
@@ -123,10 +124,13 @@ pub fn run(args: &ComposeOptions) -> Result<Outcome> {
         Some(v) => format!("{} {v}", tf.refname),
         None => tf.refname.clone(),
     };
-    eprintln!(
-        "Committing the tree to {} in {}",
-        tf.refname,
-        args.repo.display()
+    progress::step(
+        "compose",
+        &format!(
+            "Committing the tree to {} in {}",
+            tf.refname,
+            args.repo.display()
+        ),
     );
     let checksum = commit::commit_tree(
         &repo,
@@ -269,12 +273,15 @@ pub fn build_tree(
     accounts: Option<&Path>,
 ) -> Result<(Vec<pkglist::Package>, Vec<images::Image>)> {
     if tf.base.is_some() {
-        eprintln!("Populating the tree from the base");
+        progress::step("compose", "Populating the tree from the base");
     }
     rootfs::populate_base(tf, tree)?;
     packages::install(tf, tree, cachedir, accounts)?;
     if !tf.overlays.is_empty() {
-        eprintln!("Applying {} overlay(s)", tf.overlays.len());
+        progress::step(
+            "compose",
+            &format!("Applying {} overlay(s)", tf.overlays.len()),
+        );
     }
     rootfs::apply_overlays(tf, tree)?;
     rootfs::remove_files(tf, tree)?;
@@ -293,7 +300,7 @@ pub fn build_tree(
         Vec::new()
     };
     postprocess::check::check_assembled(tree)?;
-    eprintln!("Converting the tree to the OSTree layout");
+    progress::step("compose", "Converting the tree to the OSTree layout");
     postprocess::ostree_layout(tree)?;
     let from_packages = !tf.packages.is_empty() || !tf.local_packages.is_empty();
     postprocess::check::check_deployable(tree, from_packages)?;

@@ -315,7 +315,11 @@ fn pull_with_progress(
     } else {
         opts
     };
-    let printer = crate::host::progress::Printer::new();
+    // The completing object pull is its own stage: its byte counts start
+    // again from zero, and a tool reading the JSON lines expects a stage's
+    // counts never to go down.
+    let stage = if no_deltas { "pull-missing" } else { "pull" };
+    let printer = crate::progress::Printer::new(stage);
     let pulled = repo
         .pull_with_options(
             remote,

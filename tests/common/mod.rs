@@ -59,6 +59,22 @@ pub fn error_lines(out: &Output) -> Vec<String> {
         .collect()
 }
 
+/// Deterministic text that compresses about as well as random hex.
+pub fn noise(seed: u64, len: usize) -> String {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut s = String::with_capacity(len);
+    while s.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.push_str(&format!("{x:016x}"));
+    }
+    s.truncate(len);
+    s
+}
+
 /// Write a file, creating its parent directories.
 pub fn write(p: &Path, content: &str) {
     fs::create_dir_all(p.parent().unwrap()).unwrap();

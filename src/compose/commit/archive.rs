@@ -41,13 +41,22 @@ pub fn write_tree(repo: &ostree::Repo, tree: &Path) -> Result<ostree::MutableTre
     let (unique, slot) = unique_inodes(&entries);
 
     let stage = Stage::new(&repo_path, level)?;
+    // Compressing the files is what takes the time (minutes for a large
+    // tree); its total is known from the scan, so it is shown as a count.
+    let counter = crate::progress::Counter::new("commit", "files", unique.len() as u64);
     let checksums = unique
         .par_iter()
         .map_init(
             || objects::compressor(level),
-            |c, &i| stage.content_object(&entries[i], c),
+            |c, &i| {
+                let r = stage.content_object(&entries[i], c);
+                counter.tick();
+                r
+            },
         )
-        .collect::<Result<Vec<String>>>()?;
+        .collect::<Result<Vec<String>>>();
+    counter.finish();
+    let checksums = checksums?;
     let written = stage.publish()?;
     eprintln!(
         "{} entries, {} new content objects ({})",

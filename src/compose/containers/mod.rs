@@ -144,7 +144,10 @@ pub fn install(tf: &Treefile, tree: &Path, work: &Path) -> Result<Vec<Image>> {
     };
     let mut images = Vec::new();
     for img in &tf.images {
-        eprintln!("Copying image {} from {}", img.name, img.source.display());
+        crate::progress::step(
+            "compose",
+            &format!("Copying image {} from {}", img.name, img.source.display()),
+        );
         util::run(
             Command::new("skopeo")
                 .env("CONTAINERS_STORAGE_CONF", &conf)

@@ -29,7 +29,10 @@ pub fn run_scripts(tf: &Treefile, tree: &Path) -> Result<()> {
     };
     for (i, script) in tf.postprocess.iter().enumerate() {
         let first = script.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-        eprintln!("Running postprocess[{i}]: {}", first.trim());
+        crate::progress::step(
+            "compose",
+            &format!("Running postprocess[{i}]: {}", first.trim()),
+        );
         let log = tempfile::tempfile().context("creating a log file for postprocess")?;
         let status = sandbox::command(tree, access, &["/bin/sh", "-e", "-c", script])
             .env("DEBIAN_FRONTEND", "noninteractive")
