@@ -124,6 +124,11 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
         String::from_utf8_lossy(&out.stderr)
     );
     eprintln!("first compose: {:?}", started.elapsed());
+    assert!(
+        stderr(&out).contains("Building the initramfs"),
+        "the first compose did not build the initramfs:\n{}",
+        stderr(&out)
+    );
     let head1 = sh(ostree(&repo).args(["rev-parse", REF]))
         .trim()
         .to_string();
@@ -398,11 +403,21 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
         ),
     )
     .unwrap();
+    let started = Instant::now();
     let out = compose(&repo, t.path(), &plus);
     assert!(
         out.status.success(),
         "compose +tmux failed: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("compose +tmux +uuid-runtime: {:?}", started.elapsed());
+    // Nothing the initramfs is built from changed: the first commit's is
+    // reused, and dracut did not run.
+    let said = stderr(&out);
+    assert!(
+        said.contains(&format!("Reusing the initramfs of {}", &head1[..10]))
+            && !said.contains("Building the initramfs"),
+        "the compose +tmux +uuid-runtime did not reuse the initramfs:\n{said}"
     );
     let head2 = sh(ostree(&repo).args(["rev-parse", REF]))
         .trim()
@@ -485,6 +500,46 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
     );
     let db = common::hostctl_ok(sysroot, &["db", "diff"]);
     assert!(db.contains("uuid-runtime"), "{db}");
+
+    // The same treefile composed cold, into a fresh repository (no parent,
+    // so dracut runs), gives the same tree: the reused initramfs is the
+    // one dracut builds.
+    let cold_repo = t.path().join("cold-repo");
+    let started = Instant::now();
+    let out = compose(&cold_repo, t.path(), &plus);
+    assert!(out.status.success(), "cold compose: {}", stderr(&out));
+    eprintln!("cold compose +tmux +uuid-runtime: {:?}", started.elapsed());
+    assert!(
+        stderr(&out).contains("Building the initramfs"),
+        "the cold compose did not build the initramfs:\n{}",
+        stderr(&out)
+    );
+    let img = format!("{kdir}/initramfs.img");
+    let object = |repo: &Path| {
+        let l = sh(ostree(repo).args(["ls", "-C", REF, &img]));
+        l.split_whitespace().nth(4).unwrap().to_string()
+    };
+    assert_eq!(
+        object(&repo),
+        object(&cold_repo),
+        "the reused initramfs differs from the one dracut builds"
+    );
+    let root_tree = |repo: &Path| {
+        let l = sh(ostree(repo).args(["ls", "-C", "-d", REF, "/"]));
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f[4].to_string(), f[5].to_string())
+    };
+    let cold_head = sh(ostree(&cold_repo).args(["rev-parse", REF]))
+        .trim()
+        .to_string();
+    if root_tree(&repo) != root_tree(&cold_repo) {
+        sh(ostree(&repo)
+            .args(["pull-local", "--disable-fsync"])
+            .arg(&cold_repo)
+            .arg(&cold_head));
+        let diff = sh(ostree(&repo).args(["diff", &head2, &cold_head]));
+        panic!("the incremental and cold composes give different trees:\n{diff}");
+    }
 }
 
 fn treefile_with(dir: &Path, body: &str) -> treefile::Treefile {
