@@ -540,6 +540,38 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
         let diff = sh(ostree(&repo).args(["diff", &head2, &cold_head]));
         panic!("the incremental and cold composes give different trees:\n{diff}");
     }
+
+    // A file the initramfs was built from changes (a comment added to a
+    // udev rule dracut copies into it): no reuse, dracut runs, and the new
+    // image differs.
+    let edited = t.path().join("edited.toml");
+    std::fs::write(
+        &edited,
+        format!(
+            "include = [\"{}\"]\npostprocess = [\"echo '# edited' >> /usr/lib/udev/rules.d/50-udev-default.rules\"]\n",
+            plus.display()
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = compose(&repo, t.path(), &edited);
+    assert!(out.status.success(), "compose edited: {}", stderr(&out));
+    eprintln!(
+        "compose with an initramfs file edited: {:?}",
+        started.elapsed()
+    );
+    let said = stderr(&out);
+    assert!(
+        said.contains("Building the initramfs")
+            && said.contains("a file it was built from changed")
+            && !said.contains("Reusing the initramfs"),
+        "an edited initramfs input did not rebuild the initramfs:\n{said}"
+    );
+    assert_ne!(
+        object(&repo),
+        object(&cold_repo),
+        "the rebuilt initramfs lacks the edited file"
+    );
 }
 
 fn treefile_with(dir: &Path, body: &str) -> treefile::Treefile {
