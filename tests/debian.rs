@@ -124,6 +124,11 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
         String::from_utf8_lossy(&out.stderr)
     );
     eprintln!("first compose: {:?}", started.elapsed());
+    assert!(
+        stderr(&out).contains("Building the initramfs"),
+        "the first compose did not build the initramfs:\n{}",
+        stderr(&out)
+    );
     let head1 = sh(ostree(&repo).args(["rev-parse", REF]))
         .trim()
         .to_string();
@@ -398,11 +403,21 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
         ),
     )
     .unwrap();
+    let started = Instant::now();
     let out = compose(&repo, t.path(), &plus);
     assert!(
         out.status.success(),
         "compose +tmux failed: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("compose +tmux +uuid-runtime: {:?}", started.elapsed());
+    // Nothing the initramfs is built from changed: the first commit's is
+    // reused, and dracut did not run.
+    let said = stderr(&out);
+    assert!(
+        said.contains(&format!("Reusing the initramfs of {}", &head1[..10]))
+            && !said.contains("Building the initramfs"),
+        "the compose +tmux +uuid-runtime did not reuse the initramfs:\n{said}"
     );
     let head2 = sh(ostree(&repo).args(["rev-parse", REF]))
         .trim()
@@ -485,6 +500,106 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
     );
     let db = common::hostctl_ok(sysroot, &["db", "diff"]);
     assert!(db.contains("uuid-runtime"), "{db}");
+
+    // The same treefile composed cold, into a fresh repository (no parent,
+    // so dracut runs), gives the same tree: the reused initramfs is the
+    // one dracut builds.
+    let cold_repo = t.path().join("cold-repo");
+    let started = Instant::now();
+    let out = compose(&cold_repo, t.path(), &plus);
+    assert!(out.status.success(), "cold compose: {}", stderr(&out));
+    eprintln!("cold compose +tmux +uuid-runtime: {:?}", started.elapsed());
+    assert!(
+        stderr(&out).contains("Building the initramfs"),
+        "the cold compose did not build the initramfs:\n{}",
+        stderr(&out)
+    );
+    let img = format!("{kdir}/initramfs.img");
+    let object = |repo: &Path| {
+        let l = sh(ostree(repo).args(["ls", "-C", REF, &img]));
+        l.split_whitespace().nth(4).unwrap().to_string()
+    };
+    assert_eq!(
+        object(&repo),
+        object(&cold_repo),
+        "the reused initramfs differs from the one dracut builds"
+    );
+    // The kernel's directory, image included, is the same tree in both.
+    let dir_tree = |repo: &Path, dir: &str| {
+        let l = sh(ostree(repo).args(["ls", "-C", "-d", REF, dir]));
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f[4].to_string(), f[5].to_string())
+    };
+    assert_eq!(dir_tree(&repo, &kdir), dir_tree(&cold_repo, &kdir));
+    // The whole trees differ only where the account IDs do: the
+    // incremental compose keeps the IDs of the ref's previous commit, a
+    // cold one allocates them afresh, so the account files and the owner of
+    // files owned by a system group may differ; every other file the two
+    // have is the same, byte for byte.
+    let cold_head = sh(ostree(&cold_repo).args(["rev-parse", REF]))
+        .trim()
+        .to_string();
+    sh(ostree(&repo)
+        .args(["pull-local", "--disable-fsync"])
+        .arg(&cold_repo)
+        .arg(&cold_head));
+    let diff = sh(ostree(&repo).args(["diff", &head2, &cold_head]));
+    let accounts = [
+        "passwd", "passwd-", "group", "group-", "shadow", "shadow-", "gshadow", "gshadow-",
+    ];
+    for l in diff.lines() {
+        let (kind, path) = l.split_once(char::is_whitespace).unwrap();
+        let path = path.trim();
+        let account = path
+            .strip_prefix("/usr/etc/")
+            .is_some_and(|n| accounts.contains(&n))
+            || path == "/usr/lib/sysusers.d/00-hostctl-tree.conf";
+        if account {
+            continue;
+        }
+        assert_eq!(kind, "M", "incremental and cold trees differ: {diff}");
+        let cat = |rev: &str| {
+            let out = ostree(&repo).args(["cat", rev, path]).output().unwrap();
+            assert!(out.status.success(), "ostree cat {rev} {path}");
+            out.stdout
+        };
+        assert!(
+            cat(&head2) == cat(&cold_head),
+            "{path} differs between the incremental and cold composes:\n{diff}"
+        );
+    }
+
+    // A file the initramfs was built from changes (a comment added to a
+    // udev rule dracut copies into it): no reuse, dracut runs, and the new
+    // image differs.
+    let edited = t.path().join("edited.toml");
+    std::fs::write(
+        &edited,
+        format!(
+            "include = [\"{}\"]\npostprocess = [\"echo '# edited' >> /usr/lib/udev/rules.d/50-udev-default.rules\"]\n",
+            plus.display()
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = compose(&repo, t.path(), &edited);
+    assert!(out.status.success(), "compose edited: {}", stderr(&out));
+    eprintln!(
+        "compose with an initramfs file edited: {:?}",
+        started.elapsed()
+    );
+    let said = stderr(&out);
+    assert!(
+        said.contains("Building the initramfs")
+            && said.contains("a file it was built from changed")
+            && !said.contains("Reusing the initramfs"),
+        "an edited initramfs input did not rebuild the initramfs:\n{said}"
+    );
+    assert_ne!(
+        object(&repo),
+        object(&cold_repo),
+        "the rebuilt initramfs lacks the edited file"
+    );
 }
 
 fn treefile_with(dir: &Path, body: &str) -> treefile::Treefile {

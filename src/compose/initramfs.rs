@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use crate::compose::initramfs_reuse::{self, Record};
 use crate::compose::sandbox;
+use crate::format::repo;
 
 /// Kernel versions of the tree: directories of `/usr/lib/modules` that come
 /// with a kernel image, either already at `$kver/vmlinuz` or as Debian's
@@ -38,8 +40,30 @@ pub fn kernels(tree: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// Move the kernel into place and build its initramfs with the tree's dracut.
-pub fn build(tree: &Path, dracut_conf_dir: &Path) -> Result<()> {
+/// The ref's head in the repository the compose writes to: the commit whose
+/// initramfs may be reused.
+pub struct Previous<'a> {
+    pub repo: &'a ostree::Repo,
+    pub commit: &'a str,
+}
+
+/// The arguments every dracut run of hostctl's shares, so that the modules
+/// it lists are those it would build with.
+const DRACUT_ARGS: [&str; 2] = ["--no-hostonly", "--reproducible"];
+
+/// dracut's temporary directory, relative to the tree's root.
+const STAGING: &str = ".hostctl-dracut-tmp";
+
+/// Move the kernel into place and put an initramfs next to it: the one of
+/// `previous` when nothing it was built from changed (see
+/// [`initramfs_reuse`]), else one built by the tree's dracut, recorded in
+/// `cachedir` for the next compose.
+pub fn build(
+    tree: &Path,
+    dracut_conf_dir: &Path,
+    cachedir: &Path,
+    previous: Option<&Previous>,
+) -> Result<()> {
     let kvers = kernels(tree)?;
     let kver = match kvers.as_slice() {
         [] => {
@@ -76,52 +100,227 @@ pub fn build(tree: &Path, dracut_conf_dir: &Path) -> Result<()> {
         })?;
     }
     install_dracut_conf(tree, dracut_conf_dir)?;
+    sandbox::prepare(tree).context("initramfs: preparing the tree for the sandbox")?;
     let out_rel = format!("/usr/lib/modules/{kver}/initramfs.img");
+    let img = tree.join(out_rel.trim_start_matches('/'));
+    // Asked once, for the reuse decision and for the record of a new build.
+    let modules = included_modules(tree, &kver);
+    let why = match try_reuse(tree, &kver, cachedir, previous, &modules, &img) {
+        Ok(Reuse::Done(short)) => {
+            crate::progress::step(
+                "compose",
+                &format!("Reusing the initramfs of {short} (nothing it was built from changed)"),
+            );
+            remove_debian_boot_leftovers(tree)?;
+            return Ok(());
+        }
+        Ok(Reuse::Refused(why)) => why,
+        Err(e) => format!("{e:#}"),
+    };
     crate::progress::step(
         "compose",
-        &format!("Building the initramfs for {kver} with the tree's dracut"),
+        &format!("Building the initramfs for {kver} with the tree's dracut ({why})"),
     );
+    // dracut keeps its staging directory (the image's content as files)
+    // here, inside the tree where the sandbox can write, and hostctl reads
+    // the list of what went into the image from it. Walking that directory
+    // needs no parsing, unlike lsinitrd's `ls -l`-style listing of the
+    // compressed image; the directory is removed before the commit.
+    let staging = tree.join(STAGING);
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)
+            .with_context(|| format!("removing {}", staging.display()))?;
+    }
+    std::fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
     // The tree's dracut is code from the tree like a postprocess script, so
     // it gets the same sandbox. There is no CAP_MKNOD in it: dracut is told
     // not to create /dev nodes in the image, which the kernel's built-in
     // initramfs and the initrd's devtmpfs provide at boot anyway.
-    sandbox::prepare(tree).context("initramfs: preparing the tree for the sandbox")?;
-    let out = sandbox::command(
-        tree,
-        sandbox::Access::default(),
-        &[
-            "dracut",
-            "--force",
-            "--no-hostonly",
-            "--reproducible",
-            "--kver",
-            &kver,
-            &out_rel,
-        ],
-    )
-    .env("LC_ALL", "C.UTF-8")
-    .env("DRACUT_NO_MKNOD", "1")
-    .output()
-    .with_context(|| {
-        format!(
-            "starting bwrap (package bubblewrap) to run dracut in {}",
-            tree.display()
-        )
-    })?;
-    if !out.status.success() || !tree.join(out_rel.trim_start_matches('/')).is_file() {
+    let staging_arg = format!("/{STAGING}");
+    let mut argv = vec!["dracut", "--force"];
+    argv.extend(DRACUT_ARGS);
+    argv.extend([
+        "--keep",
+        "--tmpdir",
+        &staging_arg,
+        "--kver",
+        &kver,
+        &out_rel,
+    ]);
+    let out = sandbox::command(tree, sandbox::Access::default(), &argv)
+        .env("LC_ALL", "C.UTF-8")
+        .env("DRACUT_NO_MKNOD", "1")
+        .output()
+        .with_context(|| {
+            format!(
+                "starting bwrap (package bubblewrap) to run dracut in {}",
+                tree.display()
+            )
+        });
+    let recorded = match &out {
+        Ok(o) if o.status.success() && img.is_file() => {
+            record_build(tree, &kver, cachedir, &modules, &staging, &img)
+        }
+        _ => Ok(()),
+    };
+    std::fs::remove_dir_all(&staging)
+        .with_context(|| format!("removing dracut's staging directory {}", staging.display()))?;
+    let out = out?;
+    if !out.status.success() || !img.is_file() {
         bail!(
             "dracut failed in the tree for kernel {kver} ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
+    // A compose without a record only costs the next one a dracut run.
+    if let Err(e) = recorded {
+        eprintln!(
+            "warning: not recording what the initramfs was built from ({e:#}); the next compose will build it again"
+        );
+    }
     // dracut writes 0600; nothing in a generic image is secret, and tools
     // run as a user (lsinitrd, image builders) need to read it.
-    let img = tree.join(out_rel.trim_start_matches('/'));
     std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o644))
         .with_context(|| format!("setting mode of {}", img.display()))?;
     remove_debian_boot_leftovers(tree)?;
     Ok(())
+}
+
+enum Reuse {
+    /// Copied in; the short checksum of the commit it came from.
+    Done(String),
+    /// Why not, in a few words.
+    Refused(String),
+}
+
+/// Copy the previous commit's initramfs into the tree at `img` when its
+/// record says nothing it was built from changed.
+fn try_reuse(
+    tree: &Path,
+    kver: &str,
+    cachedir: &Path,
+    previous: Option<&Previous>,
+    modules: &Result<Vec<String>>,
+    img: &Path,
+) -> Result<Reuse> {
+    let Some(prev) = previous else {
+        return Ok(Reuse::Refused("no previous commit on the ref".into()));
+    };
+    let short = &prev.commit[..prev.commit.len().min(10)];
+    let img_rel = format!("/usr/lib/modules/{kver}/initramfs.img");
+    let Some(bytes) = repo::read_commit_file(prev.repo, prev.commit, &img_rel)? else {
+        return Ok(Reuse::Refused(format!(
+            "the previous commit {short} has no initramfs for kernel {kver}"
+        )));
+    };
+    let path = initramfs_reuse::record_path(cachedir, &initramfs_reuse::sha256_hex(&bytes));
+    let Some(record) = initramfs_reuse::read_record(&path)? else {
+        return Ok(Reuse::Refused(format!(
+            "no record of what the initramfs of {short} was built from at {}",
+            path.display()
+        )));
+    };
+    let modules = match modules {
+        Ok(m) => m,
+        Err(e) => return Err(anyhow::anyhow!("{e:#}")),
+    };
+    let entries = initramfs_reuse::collect(tree, kver, &record.files)
+        .with_context(|| format!("reading the inputs of the initramfs in {}", tree.display()))?;
+    if let Some(why) = initramfs_reuse::refusal(&record, kver, modules, &entries) {
+        return Ok(Reuse::Refused(format!("{why} since {short}")));
+    }
+    std::fs::write(img, &bytes).with_context(|| {
+        format!(
+            "writing the initramfs of {short} ({img_rel}) to {}",
+            img.display()
+        )
+    })?;
+    std::fs::set_permissions(img, std::fs::Permissions::from_mode(0o644))
+        .with_context(|| format!("setting mode of {}", img.display()))?;
+    Ok(Reuse::Done(short.to_string()))
+}
+
+/// The dracut modules the tree's dracut would include for `kver`, as it
+/// decides them (every module's check(), so a new package whose binary
+/// makes a module's check succeed shows here). `dracut --list-modules`
+/// lists the modules available, not those chosen, so hostctl's own module
+/// prints dracut's choice from its cmdline() hook during
+/// `--print-cmdline`, which runs the checks and stops before building.
+fn included_modules(tree: &Path, kver: &str) -> Result<Vec<String>> {
+    let mut argv = vec!["dracut", "--print-cmdline"];
+    argv.extend(DRACUT_ARGS);
+    argv.extend(["--kver", kver]);
+    let out = sandbox::command(tree, sandbox::Access::default(), &argv)
+        .env("LC_ALL", "C.UTF-8")
+        .env("DRACUT_NO_MKNOD", "1")
+        .env("HOSTCTL_LIST_DRACUT_MODULES", "1")
+        .output()
+        .with_context(|| {
+            format!(
+                "starting bwrap (package bubblewrap) to run dracut --print-cmdline in {}",
+                tree.display()
+            )
+        })?;
+    if !out.status.success() {
+        bail!(
+            "dracut --print-cmdline failed in the tree for kernel {kver} ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let modules = initramfs_reuse::parse_modules(&String::from_utf8_lossy(&out.stdout));
+    initramfs_reuse::check_modules(&modules)?;
+    Ok(modules)
+}
+
+/// Write the record of the image dracut just built at `img`, from its
+/// staging directory under `staging`.
+fn record_build(
+    tree: &Path,
+    kver: &str,
+    cachedir: &Path,
+    modules: &Result<Vec<String>>,
+    staging: &Path,
+    img: &Path,
+) -> Result<()> {
+    let modules = match modules {
+        Ok(m) => m.clone(),
+        Err(e) => bail!("{e:#}"),
+    };
+    // dracut makes one `dracut.XXXXXX` directory under --tmpdir; its
+    // `initramfs/` is the image's main archive.
+    let mut dirs = Vec::new();
+    for e in std::fs::read_dir(staging).with_context(|| format!("listing {}", staging.display()))? {
+        let p = e
+            .with_context(|| format!("listing {}", staging.display()))?
+            .path();
+        if p.join("initramfs").is_dir() {
+            dirs.push(p.join("initramfs"));
+        }
+    }
+    let [staged] = dirs.as_slice() else {
+        bail!(
+            "expected one dracut staging directory in {}, found {}",
+            staging.display(),
+            dirs.len()
+        );
+    };
+    let files = initramfs_reuse::copied_files(tree, staged)?;
+    let entries = initramfs_reuse::collect(tree, kver, &files)
+        .with_context(|| format!("reading the inputs of the initramfs in {}", tree.display()))?;
+    let key = initramfs_reuse::input_key(kver, &modules, &entries);
+    let sha = crate::util::sha256_file(img)?;
+    let path = initramfs_reuse::record_path(cachedir, &hex::encode(sha));
+    initramfs_reuse::write_record(
+        &path,
+        &Record {
+            kver: kver.to_string(),
+            key,
+            modules,
+            files,
+        },
+    )
 }
 
 /// Copy `dracut/*.conf` from this project into the tree's

@@ -15,6 +15,7 @@ pub mod apt;
 pub mod commit;
 pub mod containers;
 pub mod initramfs;
+pub mod initramfs_reuse;
 pub mod inputhash;
 pub mod packages;
 pub mod postprocess;

@@ -87,7 +87,24 @@ pub fn run(args: &ComposeOptions) -> Result<Outcome> {
 
     let accounts = work.path().join("accounts");
     let accounts = previous_accounts(&args.repo, &tf.refname, &accounts)?;
-    let (installed, carried) = build_tree(&tf, &tree, work.path(), &cachedir, accounts.as_deref())?;
+    // The ref's head before this compose: its initramfs may be reused.
+    let head_repo = repo::open_if_exists(&args.repo)?;
+    let head = match &head_repo {
+        Some(r) => repo::ref_head(r, &tf.refname)?,
+        None => None,
+    };
+    let previous = match (&head_repo, &head) {
+        (Some(repo), Some(commit)) => Some(initramfs::Previous { repo, commit }),
+        _ => None,
+    };
+    let (installed, carried) = build_tree(
+        &tf,
+        &tree,
+        work.path(),
+        &cachedir,
+        accounts.as_deref(),
+        previous.as_ref(),
+    )?;
 
     let repo = repo::open_or_create_archive(&args.repo)?;
     if lock.is_none() {
@@ -271,6 +288,7 @@ pub fn build_tree(
     work: &Path,
     cachedir: &Path,
     accounts: Option<&Path>,
+    previous: Option<&initramfs::Previous>,
 ) -> Result<(Vec<pkglist::Package>, Vec<images::Image>)> {
     if tf.base.is_some() {
         progress::step("compose", "Populating the tree from the base");
@@ -293,7 +311,12 @@ pub fn build_tree(
     // A local base without dpkg is not a Debian tree: it brings its own
     // kernel and initramfs, and has no package list to record.
     let installed = if packages::is_debian_tree(tree) {
-        initramfs::build(tree, &packages::datadir().join("dracut"))?;
+        initramfs::build(
+            tree,
+            &packages::datadir().join("dracut"),
+            cachedir,
+            previous,
+        )?;
         sysusers::write_for_tree(tree).context("declaring system accounts for sysusers")?;
         packages::record_installed(tree)?
     } else {

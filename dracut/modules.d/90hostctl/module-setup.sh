@@ -9,6 +9,20 @@ check() {
     return 255
 }
 
+# hostctl asks dracut which modules it would include for a tree (to know
+# whether the previous initramfs can be reused) by running
+# `dracut --print-cmdline` with HOSTCTL_LIST_DRACUT_MODULES=1: dracut runs
+# every module's check() and then this function with the result in
+# $mods_to_load. Without the variable, it prints nothing.
+cmdline() {
+    [[ $HOSTCTL_LIST_DRACUT_MODULES == 1 ]] || return 0
+    local _m
+    printf '\n'
+    for _m in $mods_to_load $modules_loaded; do
+        printf 'hostctl-dracut-module: %s\n' "$_m"
+    done
+}
+
 depends() {
     echo ostree systemd
 }
