@@ -57,7 +57,13 @@ pub fn parse_stamp(text: &str) -> Option<(i64, u64)> {
 pub fn next_due(stamp: Option<(i64, u64)>, c: &Config) -> Option<i64> {
     let (last, delay) = stamp?;
     let delay = delay.min(c.randomized_delay.as_secs());
-    Some(last + c.interval.as_secs() as i64 + delay as i64)
+    // Saturating: a huge configured interval must push the next run out,
+    // never wrap it into the past.
+    let secs = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
+    Some(
+        last.saturating_add(secs(c.interval.as_secs()))
+            .saturating_add(secs(delay)),
+    )
 }
 
 fn random_delay(max: Duration) -> u64 {
@@ -179,10 +185,10 @@ pub fn run_once(t: &Target, o: &AgentOptions) -> Result<Outcome> {
             .ok()
             .and_then(|t| parse_stamp(&t));
         if let Some(due) = next_due(stamp, &c).filter(|d| *d > now) {
-            let at = Timestamp::from_second(due)
-                .map(|t| t.to_string())
-                .unwrap_or_default();
-            log(&format!("not due before {at}"));
+            match Timestamp::from_second(due) {
+                Ok(at) => log(&format!("not due before {at}")),
+                Err(_) => log("not due again: updates.interval reaches past any date"),
+            }
             return Ok(Outcome::Unchanged { exit_77: false });
         }
     }
@@ -409,6 +415,14 @@ mod tests {
             next_due(parse_stamp("1000 5000"), &c),
             Some(1000 + 3600 + 600)
         );
+        // An interval too long for the clock's arithmetic means "not again
+        // for ever", not a wrap into the past that runs at every wake.
+        let forever = Config {
+            interval: Duration::from_secs(107_000_000_000_000 * 86400),
+            randomized_delay: Duration::ZERO,
+            ..Config::default()
+        };
+        assert_eq!(next_due(parse_stamp("1000 0"), &forever), Some(i64::MAX));
         assert_eq!(parse_stamp("garbage"), None);
         assert_eq!(parse_stamp(""), None);
     }
