@@ -203,14 +203,7 @@ fn json_progress_lines_count_up_to_their_total_and_leave_stdout_alone() {
     let err = stderr(&out);
     assert!(out.status.success(), "upgrade failed:\n{err}");
     assert!(json_lines(&err).is_empty(), "JSON without asking:\n{err}");
-    assert!(
-        !err.contains('\r'),
-        "a carriage return off a terminal:\n{err:?}"
-    );
-    assert!(
-        err.lines().any(|l| l.starts_with("Receiving: ")),
-        "no plain progress line:\n{err}"
-    );
+    assert_plain_progress(&err);
     let plain_stdout = String::from_utf8_lossy(&out.stdout).into_owned();
 
     // The same kind of upgrade with the lines on stderr; stdout as
@@ -293,14 +286,7 @@ fn on_a_terminal_the_progress_line_is_redrawn() {
     let out = upgrade(fx, &[]);
     let err = stderr(&out);
     assert!(out.status.success(), "upgrade failed:\n{err}");
-    assert!(
-        !err.contains('\r'),
-        "a carriage return off a terminal:\n{err:?}"
-    );
-    assert!(
-        err.lines().any(|l| l.starts_with("Receiving: ")),
-        "no plain progress line:\n{err}"
-    );
+    assert_plain_progress(&err);
 }
 
 /// A compose announces its steps: JSON lines counting up with the time
@@ -390,4 +376,16 @@ fn a_commit_counts_its_files_up_to_the_total() {
         .unwrap_or_else(|| panic!("no commit line:\n{err}"));
     assert_eq!(last["finished"], true, "{last}");
     assert_eq!((&last["done"], &last["total"]), (&30.into(), &30.into()));
+}
+
+/// Off a terminal: plain `Receiving:` lines, never a carriage return.
+fn assert_plain_progress(err: &str) {
+    assert!(
+        !err.contains('\r'),
+        "a carriage return off a terminal:\n{err:?}"
+    );
+    assert!(
+        err.lines().any(|l| l.starts_with("Receiving: ")),
+        "no plain progress line:\n{err}"
+    );
 }

@@ -221,12 +221,7 @@ fn wait_for_reboot(vm: &mut Vm, what: &str) {
 #[test]
 fn agent_stages_reboots_by_lock_and_heals_in_qemu() {
     let started = Instant::now();
-    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-agent");
-    let _ = fs::remove_dir_all(&work);
-    fs::create_dir_all(&work).unwrap();
-    let repo = work.join("build/repo");
-    let vm_dir = work.join("vm");
-    fs::create_dir_all(&vm_dir).unwrap();
+    let (work, repo, vm_dir) = fresh_work("vm-agent");
     let (secret, public) = signing_key(&repo);
 
     step("1. compose v1 (agent: policy apply, fleet-lock) and its image; commit and publish v2");

@@ -104,12 +104,7 @@ fn broken_boot_problem(
 #[test]
 fn boots_upgrades_and_rolls_back_in_qemu() {
     let started = Instant::now();
-    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-test");
-    let _ = fs::remove_dir_all(&work);
-    fs::create_dir_all(&work).unwrap();
-    let repo = work.join("build/repo");
-    let vm_dir = work.join("vm");
-    fs::create_dir_all(&vm_dir).unwrap();
+    let (work, repo, vm_dir) = fresh_work("vm-test");
 
     step("1. compose v1 from treefiles/debian-minimal.toml and build the disk image");
     let v1 = compose(&repo, REF, &test_treefile(&work, "v1"));

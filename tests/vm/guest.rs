@@ -541,3 +541,14 @@ pub fn assert_reboot_pending(vm: &mut Vm, when: &str, pending: bool) {
         "{when}: /run/reboot-required files: {files:?}"
     );
 }
+
+/// A VM test's fresh working directory under the target's tmp dir: the
+/// directory, its build repository path and the VM's own directory
+/// (firmware variables, console logs). Whatever a previous run left goes.
+pub fn fresh_work(name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = fs::remove_dir_all(&work);
+    let vm_dir = work.join("vm");
+    fs::create_dir_all(&vm_dir).unwrap();
+    (work.clone(), work.join("build/repo"), vm_dir)
+}
