@@ -1,8 +1,11 @@
-//! The whole cycle on real firmware: compose the reference Debian host, build
-//! a disk image, boot it in QEMU (UEFI from Debian's `ovmf`, systemd-boot,
-//! dracut initramfs, ostree-prepare-root), upgrade, reboot, roll back,
-//! reboot. Every step is printed as it goes; the serial console logs are kept
-//! in `target/vm-test/` and named in every failure.
+//! The whole cycle on real firmware: compose the reference container host,
+//! build a disk image, boot it in QEMU (UEFI from Debian's `ovmf`,
+//! systemd-boot, dracut initramfs, ostree-prepare-root), upgrade, reboot,
+//! roll back, reboot. The host runs a container declared in its treefile,
+//! from an image carried in the commit: each version answers with its own
+//! version over HTTP, so the checks show the OS and its container moving
+//! together. Every step is printed as it goes; the serial console logs are
+//! kept in `target/vm-test/` and named in every failure.
 //!
 //! Needs root, the network to Debian's mirror (the first compose downloads
 //! packages into hostctl's cache) and some minutes: software emulation only.
@@ -15,24 +18,45 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::oci::{busybox_layer, oci_layout};
 use common::{shell as sh, write};
 use vm::guest::{self, *};
 use vm::Vm;
 
 const REF: &str = "test/vm";
 
-/// The treefile the harness composes: the reference host plus a console
-/// autologin (to drive the guest) and a marker saying which version this is.
-fn test_treefile(work: &Path, version: &str) -> PathBuf {
+/// The container the test host runs, its image and where its volume is.
+const APP_IMAGE: &str = "localhost/app:latest";
+const APP_VOLUME: &str = "/var/lib/app";
+
+/// The treefile the harness composes: the reference container host plus a
+/// console autologin (to drive the guest), a marker saying which version
+/// this is, and the app container. Returns it and the app image's digest.
+fn test_treefile(work: &Path, version: &str) -> (PathBuf, String) {
     test_treefile_with(work, version, false)
+}
+
+/// The app of `version`: busybox's httpd serving `app VERSION` (a two-layer
+/// OCI layout written here: no registry). Returns the layout directory and
+/// its manifest digest.
+fn app_image(work: &Path, version: &str) -> (PathBuf, String) {
+    let src = work.join(format!("app-src-{version}"));
+    let out = work.join(format!("app-{version}"));
+    for d in [&src, &out] {
+        let _ = fs::remove_dir_all(d);
+    }
+    busybox_layer(&src.join("l1"));
+    write(&src.join("l2/www/index.html"), &format!("app {version}\n"));
+    let digest = oci_layout(&out, &[&src.join("l1"), &src.join("l2")]);
+    (out, digest)
 }
 
 /// `broken`: the tree carries a health check that always fails, the way a
 /// bad update would: boot-complete.target is never reached, so the entry is
 /// not blessed, and hostctl-mark-bad.service marks it bad and reboots.
-fn test_treefile_with(work: &Path, version: &str, broken: bool) -> PathBuf {
+fn test_treefile_with(work: &Path, version: &str, broken: bool) -> (PathBuf, String) {
     let ov = guest::test_overlay(work, version);
-    let mut units = String::new();
+    let mut extra = String::new();
     if broken {
         write(
             &ov.join("usr/lib/systemd/system/hostctl-test-health.service"),
@@ -44,9 +68,89 @@ fn test_treefile_with(work: &Path, version: &str, broken: bool) -> PathBuf {
              ExecStartPre=/bin/cat /usr/share/hostctl-test/marker /proc/cmdline\n\
              ExecStart=/bin/false\n[Install]\nRequiredBy=boot-complete.target\n",
         );
-        units = "units = [\"hostctl-test-health.service\"]\n".to_string();
+        extra = "units = [\"hostctl-test-health.service\"]\n".to_string();
     }
-    guest::test_treefile(work, &format!("vm-{version}"), REF, &ov, &units)
+    // Every start of the container appends a line to its volume, so the
+    // data of earlier boots (and versions) can be seen to survive.
+    let (app, digest) = app_image(work, version);
+    extra.push_str(&format!(
+        r#"
+[[images]]
+name = "{APP_IMAGE}"
+source = "{}"
+format = "oci"
+
+[[containers]]
+name = "app"
+image = "{APP_IMAGE}"
+command = ["sh", "-c", "echo started $(cat /www/index.html) >> /data/starts; exec busybox httpd -f -p 80 -h /www"]
+ports = ["8080:80"]
+volumes = ["{APP_VOLUME}:/data"]
+"#,
+        app.display()
+    ));
+    let tf = guest::test_treefile_on(
+        "debian-container-host.toml",
+        work,
+        &format!("vm-{version}"),
+        REF,
+        &ov,
+        &extra,
+    );
+    (tf, digest)
+}
+
+/// What the app container answers over HTTP on the guest's port 8080
+/// (published by podman), waiting for it to come up after a boot.
+fn app_answer(vm: &mut Vm, label: &str) -> String {
+    let t = Instant::now();
+    loop {
+        // bash's /dev/tcp: the guest has no HTTP client of its own.
+        let (code, out) = vm.sh(
+            r#"timeout 10 bash -c 'exec 3<>/dev/tcp/127.0.0.1/8080 && printf "GET / HTTP/1.0\r\n\r\n" >&3 && cat <&3'"#,
+        );
+        if code == 0 && out.contains("200 OK") {
+            let body = out.lines().last().unwrap_or("").trim().to_string();
+            eprintln!(
+                "    {label}: the app answers {body:?} after {:.0?}",
+                t.elapsed()
+            );
+            return body;
+        }
+        if t.elapsed() > Duration::from_secs(300) {
+            let (_, unit) = vm.sh("systemctl status --no-pager container-app.service; journalctl -b --no-pager -n 30 -u container-app.service");
+            panic!(
+                "{label}: the app container does not answer on port 8080 after 300 s: {out}\n{unit}\n(log: {})",
+                vm.serial_log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+}
+
+/// The app of `version` answers, from the image carried in the booted
+/// commit, and its volume holds the lines of every start so far.
+fn check_app(vm: &mut Vm, label: &str, version: &str, starts: &[&str]) {
+    assert_eq!(app_answer(vm, label), format!("app {version}"), "{label}");
+    let log = vm.run(&format!("cat {APP_VOLUME}/starts"));
+    let got: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let want: Vec<String> = starts.iter().map(|v| format!("started app {v}")).collect();
+    assert_eq!(got, want, "{label}: the app's volume {APP_VOLUME}/starts");
+}
+
+/// `podman images` in the guest lists the carried image with `digest`.
+fn check_carried_image(vm: &mut Vm, label: &str, digest: &str) {
+    let images = vm.run("podman images --format '{{.Repository}}:{{.Tag}} {{.Digest}}'");
+    assert!(
+        images
+            .lines()
+            .any(|l| l.trim() == format!("{APP_IMAGE} {digest}")),
+        "{label}: podman images does not list {APP_IMAGE} {digest}:\n{images}"
+    );
 }
 
 /// A disk holding the build repository, for the guest to upgrade from.
@@ -106,8 +210,9 @@ fn boots_upgrades_and_rolls_back_in_qemu() {
     let started = Instant::now();
     let (work, repo, vm_dir) = fresh_work("vm-test");
 
-    step("1. compose v1 from treefiles/debian-minimal.toml and build the disk image");
-    let v1 = compose(&repo, REF, &test_treefile(&work, "v1"));
+    step("1. compose v1 from treefiles/debian-container-host.toml and build the disk image");
+    let (tf, app_v1) = test_treefile(&work, "v1");
+    let v1 = compose(&repo, REF, &tf);
     let v1_version = version_of(&repo, &v1);
     let image = work.join("disk.raw");
     let t = Instant::now();
@@ -141,13 +246,17 @@ fn boots_upgrades_and_rolls_back_in_qemu() {
         "the image's deployment is not verified against the build key: {text}"
     );
 
+    check_app(&mut vm, "boot 1 (v1)", "v1", &["v1"]);
+    check_carried_image(&mut vm, "boot 1 (v1)", &app_v1);
+
     step("3. change a file in /etc, create one in /var");
     vm.run("echo 'setting = changed on the host' > /etc/hostctl-test.conf");
     vm.run("mkdir -p /var/lib/hostctl-test && echo kept > /var/lib/hostctl-test/data");
 
     step("4. compose v2, hand it to the guest on a second disk, upgrade, reboot");
     vm.poweroff(Duration::from_secs(300));
-    let v2 = compose(&repo, REF, &test_treefile(&work, "v2"));
+    let (tf, app_v2) = test_treefile(&work, "v2");
+    let v2 = compose(&repo, REF, &tf);
     assert_ne!(v1, v2);
     let v2_version = version_of(&repo, &v2);
     let updates = work.join("updates.ext4");
@@ -155,6 +264,7 @@ fn boots_upgrades_and_rolls_back_in_qemu() {
     let mut vm = boot(&vm_dir, &image, &[&updates], 2);
     check_good_boot(&mut vm, "boot 2 (v1)", "v1", &v1);
     check_shutdown(&mut vm, -1, "boot 1, powered off", false);
+    check_app(&mut vm, "boot 2 (v1)", "v1", &["v1", "v1"]);
     vm.run("mkdir -p /mnt/updates && mount -o ro /dev/vdb /mnt/updates");
     let check = vm.run("hostctl upgrade --check");
     assert!(check.contains(&v2), "{check}");
@@ -173,6 +283,15 @@ fn boots_upgrades_and_rolls_back_in_qemu() {
     assert_eq!(staged.len(), 1, "{st}");
     assert_eq!(staged[0]["checksum"], v2.as_str());
     assert_reboot_pending(&mut vm, "after the upgrade staged v2", true);
+    // The booted deployment against the staged one: the image change is
+    // listed next to the package changes.
+    let diff = vm.run("hostctl db diff");
+    assert!(
+        diff.contains(&format!(
+            "Images changed (1):\n  {APP_IMAGE} {app_v1} -> {app_v2}"
+        )),
+        "hostctl db diff in the guest:\n{diff}"
+    );
     // Finalizing at shutdown exists so that edits made after the upgrade
     // command, before the reboot, still reach the new deployment.
     vm.run("echo 'made after the upgrade' > /etc/hostctl-late.conf");
@@ -183,6 +302,8 @@ fn boots_upgrades_and_rolls_back_in_qemu() {
     step("5. v2 is booted and blessed, v2 was finalized cleanly, /etc and /var changes survived, v1 is the rollback entry on the ESP");
     check_good_boot(&mut vm, "boot 3 (v2)", "v2", &v2);
     check_shutdown(&mut vm, -1, "boot 2, finalized v2 at reboot", true);
+    check_app(&mut vm, "boot 3 (v2)", "v2", &["v1", "v1", "v2"]);
+    check_carried_image(&mut vm, "boot 3 (v2)", &app_v2);
     assert!(vm.run("hostctl status").contains(&v2_version));
     assert_eq!(
         vm.run("cat /etc/hostctl-test.conf").trim(),
@@ -213,6 +334,13 @@ fn boots_upgrades_and_rolls_back_in_qemu() {
     vm.reboot(BOOT_TIMEOUT);
     check_good_boot(&mut vm, "boot 4 (v1, rolled back)", "v1", &v1);
     check_shutdown(&mut vm, -1, "boot 3, rebooted after rollback", false);
+    check_app(
+        &mut vm,
+        "boot 4 (v1, rolled back)",
+        "v1",
+        &["v1", "v1", "v2", "v1"],
+    );
+    check_carried_image(&mut vm, "boot 4 (v1, rolled back)", &app_v1);
     assert_eq!(
         vm.run("cat /etc/hostctl-test.conf").trim(),
         "setting = changed on the host"
@@ -220,7 +348,7 @@ fn boots_upgrades_and_rolls_back_in_qemu() {
 
     step("7. a broken update rolls itself back: its health check fails, the entry is marked bad, systemd-boot falls back, boot-check makes it permanent");
     vm.poweroff(Duration::from_secs(300));
-    let v3 = compose(&repo, REF, &test_treefile_with(&work, "v3", true));
+    let v3 = compose(&repo, REF, &test_treefile_with(&work, "v3", true).0);
     updates_disk(&repo, &updates);
     let mut vm = boot(&vm_dir, &image, &[&updates], 3);
     check_good_boot(&mut vm, "boot 5 (v1)", "v1", &v1);

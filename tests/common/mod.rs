@@ -5,6 +5,7 @@
 
 pub mod fleetlock;
 pub mod nginx;
+pub mod oci;
 
 use std::collections::BTreeMap;
 use std::fs;

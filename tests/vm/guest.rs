@@ -46,7 +46,21 @@ pub fn test_treefile(
     overlay: &Path,
     extra: &str,
 ) -> PathBuf {
-    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("treefiles/debian-minimal.toml");
+    test_treefile_on("debian-minimal.toml", work, name, refname, overlay, extra)
+}
+
+/// [`test_treefile`] on another reference treefile of `treefiles/`.
+pub fn test_treefile_on(
+    reference: &str,
+    work: &Path,
+    name: &str,
+    refname: &str,
+    overlay: &Path,
+    extra: &str,
+) -> PathBuf {
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("treefiles")
+        .join(reference);
     let tf = work.join(format!("{name}.toml"));
     write(
         &tf,
