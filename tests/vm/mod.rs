@@ -33,20 +33,21 @@ impl Vm {
     /// Boot `disk` (plus read-only `extra` disks, /dev/vdb, ...) with its own
     /// copy of the firmware variables in `dir`.
     pub fn start(dir: &Path, disk: &Path, extra: &[&Path], serial_log: &Path) -> Vm {
-        Vm::start_net(dir, disk, extra, serial_log, &[])
+        Vm::start_net(dir, disk, extra, serial_log, None)
     }
 
     /// [`Vm::start`] with a network that reaches nothing but `forwards`:
     /// each (`GUEST_IP:PORT`, host port) lets the guest connect to that
     /// address and reach 127.0.0.1:port on this machine. QEMU user
     /// networking with `restrict=on` (no other traffic leaves the guest);
-    /// the guest gets its address by DHCP. No forwards: no network at all.
+    /// the guest gets its address by DHCP. `Some(&[])`: a network card and
+    /// DHCP, and nothing to reach. `None`: no network card at all.
     pub fn start_net(
         dir: &Path,
         disk: &Path,
         extra: &[&Path],
         serial_log: &Path,
-        forwards: &[(&str, u16)],
+        forwards: Option<&[(&str, u16)]>,
     ) -> Vm {
         let vars = dir.join("OVMF_VARS.fd");
         if !vars.exists() {
@@ -62,9 +63,7 @@ impl Vm {
             .arg(format!("if=pflash,format=raw,file={}", vars.display()))
             .arg("-drive")
             .arg(format!("file={},format=raw,if=virtio", disk.display()));
-        if forwards.is_empty() {
-            cmd.args(["-net", "none"]);
-        } else {
+        if let Some(forwards) = forwards {
             // `cmd:` starts socat for each connection the guest opens: a
             // `tcp:` chardev would carry a single connection, made once
             // when QEMU starts.
@@ -77,6 +76,8 @@ impl Vm {
             cmd.arg("-netdev")
                 .arg(netdev)
                 .args(["-device", "virtio-net-pci,netdev=n0"]);
+        } else {
+            cmd.args(["-net", "none"]);
         }
         for e in extra {
             cmd.arg("-drive").arg(format!(
