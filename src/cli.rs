@@ -312,6 +312,7 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("report").args(["check", "preview"]).multiple(true)))]
 pub struct UpgradeArgs {
     /// Only say whether an update is available.
     #[arg(long)]
@@ -331,6 +332,10 @@ pub struct UpgradeArgs {
     /// Reboot after the update is deployed.
     #[arg(short, long)]
     pub reboot: bool,
+    /// With --check or --preview: print one JSON object on stdout instead
+    /// of text.
+    #[arg(long, requires = "report")]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -413,6 +418,9 @@ pub struct DbDiffArgs {
     pub repo: Option<PathBuf>,
     pub from: Option<String>,
     pub to: Option<String>,
+    /// Print one JSON object on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -623,17 +631,9 @@ fn run_command(cli: &Cli, t: &Target) -> anyhow::Result<Outcome> {
         Command::Internal(InternalCmd::PublishEntries(_)) => {
             crate::bootloader::cli::publish_entries(&cli.sysroot, &cli.esp_or_default())
         }
-        Command::Db(DbCmd::Diff(a)) => match &a.repo {
-            Some(repo) => {
-                let text =
-                    crate::format::pkglist::repo_diff(repo, a.from.as_deref(), a.to.as_deref())?;
-                print!("{text}");
-                Ok(Outcome::Done)
-            }
-            // Host mode: the lists come from the booted and the pending
-            // deployment's commits.
-            None => verbs::db_diff(t, &a.into()),
-        },
+        // With --repo, two commits of a build repository; else two
+        // deployments of the host.
+        Command::Db(DbCmd::Diff(a)) => verbs::db_diff(t, &a.into()),
     }
 }
 
@@ -671,6 +671,7 @@ impl From<&UpgradeArgs> for UpgradeOptions {
             allow_downgrade: a.allow_downgrade,
             unchanged_exit_77: a.unchanged_exit_77,
             reboot: a.reboot,
+            json: a.json,
             skip: Vec::new(),
         }
     }
@@ -742,8 +743,10 @@ impl From<&CleanupArgs> for CleanupOptions {
 impl From<&DbDiffArgs> for DbDiffOptions {
     fn from(a: &DbDiffArgs) -> Self {
         DbDiffOptions {
+            repo: a.repo.clone(),
             from: a.from.clone(),
             to: a.to.clone(),
+            json: a.json,
         }
     }
 }

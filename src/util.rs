@@ -22,6 +22,27 @@ pub fn run(cmd: &mut Command, what: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Set once a command prints a data document (`--json`) on stdout: from then
+/// on [`message`] writes to stderr, so stdout holds that document only.
+static MESSAGES_TO_STDERR: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Send the informational lines of [`message`] to stderr from now on.
+pub fn messages_to_stderr() {
+    MESSAGES_TO_STDERR.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// An informational line that steps shared by several commands print (a
+/// verified signature, a pull starting): on stdout, where scripts have
+/// always read it, unless the command prints JSON there.
+pub fn message(line: &str) {
+    if MESSAGES_TO_STDERR.load(std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+}
+
 /// `path` inside `root`, treating `rel` as relative even if it starts with `/`.
 pub fn in_root(root: &Path, rel: &str) -> std::path::PathBuf {
     root.join(rel.trim_start_matches('/'))

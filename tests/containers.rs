@@ -375,6 +375,45 @@ fn images_and_a_container_travel_in_the_commit() {
         "{diff}"
     );
     assert!(!diff.contains("localhost/tools"), "{diff}");
+    // The same diff in JSON: stdout is the JSON alone, the commits are the
+    // ref's, the digests the ones in the commits' metadata.
+    let j = json_only(&ok(hostctl_run(&[
+        "db",
+        "diff",
+        "--repo",
+        f.repo().to_str().unwrap(),
+        "--json",
+        &v1,
+        &v2,
+    ])));
+    assert_eq!(j["from"]["checksum"], v1.as_str(), "{j}");
+    assert_eq!(j["to"]["checksum"], v2.as_str(), "{j}");
+    assert_eq!(j["from"]["deployment"], serde_json::Value::Null, "{j}");
+    assert_eq!(
+        j["images"],
+        serde_json::json!({
+            "added": [],
+            "removed": [],
+            "changed": [{
+                "name": "localhost/app:latest",
+                "old_digest": app_v1_digest,
+                "new_digest": new_digest,
+            }],
+        }),
+        "{j}"
+    );
+    // The text's package section agrees with the JSON's.
+    let packages = &j["packages"];
+    if diff.contains("Packages: not recorded in both commits") {
+        assert_eq!(*packages, serde_json::Value::Null, "{j}");
+    } else {
+        assert!(diff.contains("No package changes."), "{diff}");
+        assert_eq!(
+            *packages,
+            serde_json::json!({"added": [], "removed": [], "upgraded": [], "downgraded": []}),
+            "{j}"
+        );
+    }
 }
 
 #[test]

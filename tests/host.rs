@@ -390,6 +390,38 @@ fn refused_and_failed_operations_leave_the_sysroot_byte_for_byte_unchanged() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("No update"));
     let out = hostctl(fx.sysroot(), &["upgrade", "--unchanged-exit-77"]);
     assert_eq!(out.status.code(), Some(77));
+    // The same in JSON, with the same exit statuses: the deployed commit
+    // is the ref's head.
+    let deployed = rev_parse(&fx.build.path, "stable").expect("the build ref");
+    for (args, code) in [
+        (&["upgrade", "--check", "--json"][..], 0),
+        (
+            &["upgrade", "--check", "--json", "--unchanged-exit-77"][..],
+            77,
+        ),
+        (&["upgrade", "--preview", "--json"][..], 0),
+    ] {
+        let out = hostctl(fx.sysroot(), args);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
+        let j = json_only(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(j["update_available"], false, "{args:?}: {j}");
+        assert_eq!(j["downgrade"], false, "{args:?}: {j}");
+        assert_eq!(j["from"]["checksum"], deployed.as_str(), "{j}");
+        assert_eq!(j["to"]["checksum"], deployed.as_str(), "{j}");
+        assert_eq!(j["from"]["version"], "2.0", "{j}");
+        assert_eq!(j["from"]["deployment"], 0, "{j}");
+        assert_eq!(j["to"]["deployment"], serde_json::Value::Null, "{j}");
+    }
+    // --json only reports: without --check or --preview it is a usage error.
+    for args in [
+        &["upgrade", "--json"][..],
+        &["upgrade", "--json", "--download-only"],
+    ] {
+        let out = hostctl(fx.sysroot(), args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(stderr(&out).contains("--check"), "{}", stderr(&out));
+    }
     assert_same(
         &before,
         &fingerprint(fx.sysroot()),
@@ -401,6 +433,22 @@ fn refused_and_failed_operations_leave_the_sysroot_byte_for_byte_unchanged() {
     let out = hostctl_ok(fx.sysroot(), &["upgrade", "--check"]);
     assert!(out.contains(&c3) && out.contains("3.0"), "{out}");
     hostctl_ok(fx.sysroot(), &["upgrade", "--preview"]);
+    let head = rev_parse(&fx.build.path, "stable").expect("the build ref");
+    for args in [
+        &["upgrade", "--check", "--json"][..],
+        &["upgrade", "--preview", "--json"],
+    ] {
+        let j = json_only(&hostctl_ok(fx.sysroot(), args));
+        assert_eq!(j["update_available"], true, "{args:?}: {j}");
+        assert_eq!(j["downgrade"], false, "{j}");
+        assert_eq!(j["from"]["checksum"], deployed.as_str(), "{j}");
+        assert_eq!(j["to"]["checksum"], head.as_str(), "{j}");
+        assert_eq!(j["to"]["version"], "3.0", "{j}");
+        // --check says nothing of the changes; --preview does.
+        let preview = args.contains(&"--preview");
+        assert_eq!(j.get("files").is_some(), preview, "{args:?}: {j}");
+        assert_eq!(j.get("packages").is_some(), preview, "{args:?}: {j}");
+    }
     assert_same(
         &before,
         &fingerprint(fx.sysroot()),
@@ -412,6 +460,23 @@ fn refused_and_failed_operations_leave_the_sysroot_byte_for_byte_unchanged() {
     let out = hostctl(fx.sysroot(), &["upgrade"]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("older"), "{}", stderr(&out));
+    // Also when only checked: an error, no JSON; with --allow-downgrade a
+    // downgrade is available.
+    let out = hostctl(fx.sysroot(), &["upgrade", "--check", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr(&out).contains("older"), "{}", stderr(&out));
+    let j = json_only(&hostctl_ok(
+        fx.sysroot(),
+        &["upgrade", "--check", "--json", "--allow-downgrade"],
+    ));
+    assert_eq!(j["update_available"], true, "{j}");
+    assert_eq!(j["downgrade"], true, "{j}");
+    assert_eq!(j["to"]["version"], "0.0", "{j}");
     assert_same(&before, &fingerprint(fx.sysroot()), "a refused downgrade");
 
     // A missing ref.
@@ -665,6 +730,50 @@ fn preview_lists_package_changes_and_new_system_users_survive_a_local_passwd() {
         "{out}"
     );
     assert!(out.contains("A /usr/lib/sysusers.d/newpkg.conf"), "{out}");
+    // The same changes in JSON, the package lists being the ones committed
+    // above.
+    let c1 = fx.admin_status()[0].checksum.clone();
+    let c2 = rev_parse(&fx.build.path, "stable").expect("the build ref");
+    let j = json_only(&hostctl_ok(
+        fx.sysroot(),
+        &["upgrade", "--preview", "--json"],
+    ));
+    assert_eq!(j["update_available"], true, "{j}");
+    assert_eq!(j["from"]["checksum"], c1.as_str(), "{j}");
+    assert_eq!(j["to"]["checksum"], c2.as_str(), "{j}");
+    let newpkg = serde_json::json!({"name": "newpkg", "version": "1.0", "arch": "amd64"});
+    let gone = serde_json::json!({"name": "gone", "version": "1", "arch": "all"});
+    let bash_up = serde_json::json!({"name": "bash", "arch": "amd64", "old_version": "5.2-1", "new_version": "5.2-2"});
+    let bash_down = serde_json::json!({"name": "bash", "arch": "amd64", "old_version": "5.2-2", "new_version": "5.2-1"});
+    assert_eq!(
+        j["packages"],
+        serde_json::json!({"added": [newpkg], "removed": [gone], "upgraded": [bash_up], "downgraded": []}),
+        "{j}"
+    );
+    assert_eq!(j["images"], serde_json::Value::Null, "{j}");
+    let files_added = j["files"]["added"].as_array().expect("files.added");
+    assert!(
+        files_added.contains(&"usr/lib/sysusers.d/newpkg.conf".into()),
+        "{j}"
+    );
+    // Every file the text lists is in the JSON, and no other.
+    let text_files: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.trim().split_once(" /"))
+        .filter(|(mark, _)| ["A", "D", "M"].contains(mark))
+        .map(|(mark, p)| format!("{mark} {p}"))
+        .collect();
+    let json_files: Vec<String> = [("A", "added"), ("D", "removed"), ("M", "modified")]
+        .iter()
+        .flat_map(|(mark, key)| {
+            j["files"][key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |p| format!("{mark} {}", p.as_str().unwrap()))
+        })
+        .collect();
+    assert_eq!(text_files, json_files, "{out}\n{j}");
 
     hostctl_ok(fx.sysroot(), &["upgrade"]);
     let passwd = fs::read_to_string(fx.default_dir().join("etc/passwd")).unwrap();
@@ -685,6 +794,49 @@ fn preview_lists_package_changes_and_new_system_users_survive_a_local_passwd() {
         "{back}"
     );
     assert!(back.contains("Removed (1):\n  newpkg 1.0 amd64"), "{back}");
+    // And in JSON: the deployments by index and checksum as `ostree admin
+    // status` has them.
+    let st = fx.admin_status();
+    assert_eq!(
+        (st[0].checksum.as_str(), st[1].checksum.as_str()),
+        (c2.as_str(), c1.as_str())
+    );
+    let j = json_only(&hostctl_ok(fx.sysroot(), &["db", "diff", "--json"]));
+    assert_eq!(
+        (
+            &j["from"]["deployment"],
+            &j["from"]["checksum"],
+            &j["from"]["version"]
+        ),
+        (&1.into(), &c1.as_str().into(), &"1.0".into()),
+        "{j}"
+    );
+    assert_eq!(
+        (
+            &j["to"]["deployment"],
+            &j["to"]["checksum"],
+            &j["to"]["version"]
+        ),
+        (&0.into(), &c2.as_str().into(), &"2.0".into()),
+        "{j}"
+    );
+    assert_eq!(
+        j["packages"],
+        serde_json::json!({"added": [newpkg], "removed": [gone], "upgraded": [bash_up], "downgraded": []}),
+        "{j}"
+    );
+    assert_eq!(j["images"], serde_json::Value::Null, "{j}");
+    assert!(j.get("files").is_none(), "{j}");
+    let j = json_only(&hostctl_ok(
+        fx.sysroot(),
+        &["db", "diff", "--json", "0", "1"],
+    ));
+    assert_eq!(j["from"]["checksum"], c2.as_str(), "{j}");
+    assert_eq!(
+        j["packages"],
+        serde_json::json!({"added": [gone], "removed": [newpkg], "upgraded": [], "downgraded": [bash_down]}),
+        "{j}"
+    );
 }
 
 #[test]
@@ -857,6 +1009,19 @@ fn install_and_upgrade_over_http() {
     fx.build.publish(&sign);
     let check = hostctl_ok(fx.sysroot(), &["upgrade", "--check"]);
     assert!(check.contains(&c2), "{check}");
+    // The verified summary's message goes to stderr with --json: stdout is
+    // the JSON alone.
+    let out = hostctl(fx.sysroot(), &["upgrade", "--check", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Summary of origin is signed by"),
+        "{}",
+        stderr(&out)
+    );
+    let j = json_only(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(j["update_available"], true, "{j}");
+    assert_eq!(j["to"]["checksum"], c2.as_str(), "{j}");
+    assert_eq!(j["from"]["checksum"], c1.as_str(), "{j}");
     hostctl_ok(fx.sysroot(), &["upgrade"]);
     let st = fx.admin_status();
     assert_eq!(st[0].checksum, c2);

@@ -66,7 +66,9 @@ pub fn root_dirtree(repo: &ostree::Repo, commit: &str) -> Result<String> {
 /// listed; a symlink's checksum covers its target).
 pub type FileMap = BTreeMap<String, String>;
 
-#[derive(Debug, Default, PartialEq, Eq)]
+/// Paths relative to the root (`usr/bin/tool`); serialized as it is by
+/// `upgrade --preview --json`.
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TreeDiff {
     pub added: Vec<String>,
     pub removed: Vec<String>,

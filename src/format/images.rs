@@ -7,11 +7,12 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use ostree::glib;
+use serde::Serialize;
 
 use crate::format::keys::IMAGES as METADATA_KEY;
 use crate::format::pkglist;
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Image {
     /// As podman names it, e.g. `localhost/app:v1`.
     pub name: String,
@@ -19,12 +20,21 @@ pub struct Image {
     pub digest: String,
 }
 
-#[derive(Debug, Default, PartialEq, Eq)]
+/// An image of the same name with other content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImageChange {
+    pub name: String,
+    pub old_digest: String,
+    pub new_digest: String,
+}
+
+/// Serialized as it is by `db diff --json` and `upgrade --preview --json`
+/// (docs/cli.md), so the text and the JSON come from the same value.
+#[derive(Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ImageDiff {
     pub added: Vec<Image>,
     pub removed: Vec<Image>,
-    /// Same name, other content: (name, old digest, new digest).
-    pub changed: Vec<(String, String, String)>,
+    pub changed: Vec<ImageChange>,
 }
 
 impl ImageDiff {
@@ -68,10 +78,11 @@ pub fn diff(from: &[Image], to: &[Image]) -> ImageDiff {
     for (name, ia) in &a {
         match b.get(name) {
             None => d.removed.push((*ia).clone()),
-            Some(ib) if ib.digest != ia.digest => {
-                d.changed
-                    .push((name.to_string(), ia.digest.clone(), ib.digest.clone()))
-            }
+            Some(ib) if ib.digest != ia.digest => d.changed.push(ImageChange {
+                name: name.to_string(),
+                old_digest: ia.digest.clone(),
+                new_digest: ib.digest.clone(),
+            }),
             Some(_) => {}
         }
     }
@@ -94,7 +105,7 @@ pub fn render(d: &ImageDiff) -> String {
         "Images changed",
         d.changed
             .iter()
-            .map(|(n, a, b)| format!("{n} {a} -> {b}"))
+            .map(|c| format!("{} {} -> {}", c.name, c.old_digest, c.new_digest))
             .collect(),
     );
     section(
@@ -114,41 +125,68 @@ pub fn render(d: &ImageDiff) -> String {
     out
 }
 
-/// Package changes, then image changes, between two commits (each in its
-/// own repository: a preview compares the host's with a remote's). Commits
-/// without a package list are an error unless images were recorded, so a
-/// tree of images alone still has a diff.
-pub fn render_commits(
+/// What changed between two commits: what `db diff` and `upgrade
+/// --preview` print, as text ([`render_changes`]) or serialized as it is
+/// (`--json`).
+#[derive(Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Changes {
+    /// `None` when either commit has no package list.
+    pub packages: Option<pkglist::PackageDiff>,
+    /// `None` when neither commit records images.
+    pub images: Option<ImageDiff>,
+}
+
+/// Package and image changes between two commits (each in its own
+/// repository: a preview compares the host's with a remote's).
+pub fn changes(
     old_repo: &ostree::Repo,
     old: &str,
     new_repo: &ostree::Repo,
     new: &str,
-) -> Result<String> {
+) -> Result<Changes> {
     let (ia, ib) = (
         recorded_images(old_repo, old)?,
         recorded_images(new_repo, new)?,
     );
-    let any_images = ia.is_some() || ib.is_some();
-    let mut out = match (
+    let images = (ia.is_some() || ib.is_some())
+        .then(|| diff(&ia.unwrap_or_default(), &ib.unwrap_or_default()));
+    let packages = match (
         pkglist::recorded_packages(old_repo, old)?,
         pkglist::recorded_packages(new_repo, new)?,
     ) {
-        (Some(a), Some(b)) => pkglist::render(&pkglist::diff(&a, &b)),
-        _ if any_images => "Packages: not recorded in both commits\n".to_string(),
-        _ => {
-            // The error the package list alone has always given.
-            pkglist::packages_of_commit(old_repo, old)?;
-            pkglist::packages_of_commit(new_repo, new)?;
-            unreachable!("one of the two has no package list")
-        }
+        (Some(a), Some(b)) => Some(pkglist::diff(&a, &b)),
+        _ => None,
     };
-    if any_images {
-        out.push_str(&render(&diff(
-            &ia.unwrap_or_default(),
-            &ib.unwrap_or_default(),
-        )));
+    Ok(Changes { packages, images })
+}
+
+/// [`changes`] for `db diff`: commits without a package list are an error
+/// unless images were recorded, so a tree of images alone still has a diff.
+pub fn changes_required(
+    old_repo: &ostree::Repo,
+    old: &str,
+    new_repo: &ostree::Repo,
+    new: &str,
+) -> Result<Changes> {
+    let c = changes(old_repo, old, new_repo, new)?;
+    if c.packages.is_none() && c.images.is_none() {
+        // The error the package list alone has always given.
+        pkglist::packages_of_commit(old_repo, old)?;
+        pkglist::packages_of_commit(new_repo, new)?;
     }
-    Ok(out)
+    Ok(c)
+}
+
+/// Package changes, then image changes (when either commit records images).
+pub fn render_changes(c: &Changes) -> String {
+    let mut out = match &c.packages {
+        Some(p) => pkglist::render(p),
+        None => "Packages: not recorded in both commits\n".to_string(),
+    };
+    if let Some(i) = &c.images {
+        out.push_str(&render(i));
+    }
+    out
 }
 
 #[cfg(test)]

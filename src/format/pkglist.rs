@@ -39,14 +39,19 @@ impl Package {
     }
 }
 
+/// A package of the same name and architecture in another version.
 #[derive(Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Change {
     pub name: String,
     pub arch: String,
+    #[serde(rename = "old_version")]
     pub from: String,
+    #[serde(rename = "new_version")]
     pub to: String,
 }
 
+/// Serialized as it is by `db diff --json` and `upgrade --preview --json`
+/// (docs/cli.md), so the text and the JSON come from the same value.
 #[derive(Debug, Default, PartialEq, Eq, Serialize)]
 pub struct PackageDiff {
     pub added: Vec<Package>,
@@ -211,14 +216,19 @@ fn head_and_parent(repo: &ostree::Repo, rev: &str) -> Result<(String, String)> {
     Ok((parent.to_string(), head))
 }
 
-/// `hostctl db diff --repo REPO [FROM] [TO]`.
-pub fn repo_diff(repo_path: &Path, from: Option<&str>, to: Option<&str>) -> Result<String> {
+/// `hostctl db diff --repo REPO [FROM] [TO]`: the two commits compared
+/// and what changed between them.
+pub fn repo_diff(
+    repo_path: &Path,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<(String, String, crate::format::images::Changes)> {
     let repo = ostree::Repo::new_for_path(repo_path);
     repo.open(gio::Cancellable::NONE)
         .with_context(|| format!("opening repo {}", repo_path.display()))?;
     let (a, b) = repo_endpoints(&repo, from, to)?;
-    let text = crate::format::images::render_commits(&repo, &a, &repo, &b)?;
-    Ok(format!("From {a}\nTo   {b}\n{text}"))
+    let changes = crate::format::images::changes_required(&repo, &a, &repo, &b)?;
+    Ok((a, b, changes))
 }
 
 #[cfg(test)]

@@ -261,7 +261,7 @@ pub fn pull_into_sysroot(repo: &ostree::Repo, probe: &Probe, checksum: &str) -> 
         &refspec.branch,
         checksum,
     )? {
-        println!("Commit {checksum} is signed by {keys}.");
+        crate::util::message(&format!("Commit {checksum} is signed by {keys}."));
     }
     let staging_before = staging_dirs(repo);
     let placed = place_verified_commit(repo, &probe.repo, checksum)?;
@@ -275,7 +275,10 @@ pub fn pull_into_sysroot(repo: &ostree::Repo, probe: &Probe, checksum: &str) -> 
         }
         e
     };
-    println!("Pulling {checksum} from {remote}:{}...", refspec.branch);
+    crate::util::message(&format!(
+        "Pulling {checksum} from {remote}:{}...",
+        refspec.branch
+    ));
     pull_with_progress(repo, remote, refspec, checksum, false).map_err(discard_if_tampered)?;
     if let Err(e) = check_complete(repo, checksum) {
         // Only a static delta can leave a commit incomplete: libostree

@@ -263,7 +263,9 @@ pub fn verified_head(
                 "ref {branch} not found on remote {remote}: its signed summary does not list it"
             )
         })?;
-    println!("Summary of {remote} is signed by {v}; {branch} is {head}.");
+    crate::util::message(&format!(
+        "Summary of {remote} is signed by {v}; {branch} is {head}."
+    ));
     Ok(Some(head))
 }
 

@@ -8,9 +8,10 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use ostree::gio;
+use serde::Serialize;
 
 use crate::bootloader::{self, EspTarget};
-use crate::format::dirtree::{diff_files, usr_files};
+use crate::format::dirtree::{diff_files, usr_files, TreeDiff};
 use crate::format::repo::{commit_info, CommitInfo};
 use crate::format::{images, pkglist};
 use crate::host::fetch;
@@ -45,6 +46,9 @@ pub struct UpgradeOptions {
     pub allow_downgrade: bool,
     pub unchanged_exit_77: bool,
     pub reboot: bool,
+    /// With `check` or `preview`: print one JSON object ([`UpgradeReport`])
+    /// on stdout and nothing else there.
+    pub json: bool,
     /// Commits not to deploy (the agent's list of commits that failed to
     /// boot here): when the head is one of them, nothing is done.
     pub skip: Vec<String>,
@@ -101,8 +105,70 @@ pub struct CleanupOptions {
 /// What `hostctl db diff` on a host is asked to do (docs/cli.md describes each option).
 #[derive(Debug, Clone, Default)]
 pub struct DbDiffOptions {
+    /// Compare commits of this build repository instead of deployments.
+    pub repo: Option<std::path::PathBuf>,
     pub from: Option<String>,
     pub to: Option<String>,
+    pub json: bool,
+}
+
+/// One side of a comparison in the JSON of `db diff` and `upgrade
+/// --check/--preview` (docs/cli.md).
+#[derive(Debug, Serialize)]
+pub struct Endpoint {
+    pub checksum: String,
+    pub version: Option<String>,
+    /// The deployment's index as `hostctl status` shows it; `None` for a
+    /// commit that is not deployed (a build repository's, a remote head).
+    pub deployment: Option<usize>,
+}
+
+impl Endpoint {
+    fn new(c: &CommitInfo, deployment: Option<usize>) -> Self {
+        Endpoint {
+            checksum: c.checksum.clone(),
+            version: c.version.clone(),
+            deployment,
+        }
+    }
+}
+
+/// `db diff --json`: the two commits and what changed between them, the
+/// same value the text is rendered from.
+#[derive(Debug, Serialize)]
+pub struct DiffReport {
+    pub from: Endpoint,
+    pub to: Endpoint,
+    #[serde(flatten)]
+    pub changes: images::Changes,
+}
+
+/// `upgrade --check --json` and `upgrade --preview --json`.
+#[derive(Debug, Serialize)]
+pub struct UpgradeReport {
+    /// `to` is another commit than `from` that `upgrade` would deploy now
+    /// (a downgrade only with `--allow-downgrade`).
+    pub update_available: bool,
+    /// `to` is older than `from` (reported only with `--allow-downgrade`;
+    /// without it an older head is an error).
+    pub downgrade: bool,
+    /// The default deployment, which the update starts from.
+    pub from: Endpoint,
+    /// The head of the origin ref on its remote.
+    pub to: Endpoint,
+    /// `--preview` only: files under `/usr`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<TreeDiff>,
+    /// `--preview` only: packages and images, as `db diff --json`.
+    #[serde(flatten)]
+    pub changes: Option<images::Changes>,
+}
+
+fn print_json<T: Serialize>(value: &T, what: &str) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .with_context(|| format!("serialising the JSON of {what}"))?;
+    println!("{text}");
+    Ok(())
 }
 
 /// What the boot-time fallback check is asked to do (docs/cli.md describes each option).
@@ -187,36 +253,46 @@ pub fn status(t: &Target, args: &StatusOptions) -> Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-/// Shared by upgrade and deploy: apply the update rules to `target` and
-/// make it the next boot.
-fn switch_to(
-    host: &Host,
+/// Shared by upgrade and deploy: apply the update rules to `target` (a
+/// refused downgrade is an error) and say what they decided, on stdout
+/// unless `quiet`.
+fn decide_update(
+    current: &CommitInfo,
     refspec: &Refspec,
     target: &CommitInfo,
     allow_downgrade: bool,
-    unchanged_exit_77: bool,
-) -> Result<Option<Outcome>> {
-    let current_dep = default_deployment(host)?;
-    let current = commit_info(&host.repo(), &current_dep.csum())?;
-    match plan::decide(&current, target) {
-        Decision::Unchanged => {
-            println!("No update: {} is already the default deployment.", describe(&current));
-            return Ok(Some(Outcome::Unchanged {
-                exit_77: unchanged_exit_77,
-            }));
-        }
+    quiet: bool,
+) -> Result<Decision> {
+    let decision = plan::decide(current, target);
+    match decision {
         Decision::Downgrade if !allow_downgrade => bail!(
             "{} of {refspec} is older than the deployed {}; pass --allow-downgrade to deploy it anyway",
             describe(target),
-            describe(&current)
+            describe(current)
         ),
-        Decision::Downgrade => println!("Downgrading: {} -> {}", describe(&current), describe(target)),
-        Decision::Update => println!("Update: {} -> {}", describe(&current), describe(target)),
+        _ if quiet => {}
+        Decision::Unchanged => {
+            println!("No update: {} is already the default deployment.", describe(current))
+        }
+        Decision::Downgrade => println!("Downgrading: {} -> {}", describe(current), describe(target)),
+        Decision::Update => println!("Update: {} -> {}", describe(current), describe(target)),
     }
-    Ok(None)
+    Ok(decision)
+}
+
+/// The index `hostctl status` shows for `dep`.
+fn deployment_index(host: &Host, dep: &ostree::Deployment) -> Option<usize> {
+    host.deployments().iter().position(|d| {
+        d.osname() == dep.osname()
+            && d.csum() == dep.csum()
+            && d.deployserial() == dep.deployserial()
+    })
 }
 
 pub fn upgrade(t: &Target, args: &UpgradeOptions) -> Result<Outcome> {
+    if args.json {
+        crate::util::messages_to_stderr();
+    }
     let host = open_to_change(t)?;
     let current_dep = default_deployment(&host)?;
     let refspec = deployment_refspec(&current_dep)?;
@@ -229,25 +305,52 @@ pub fn upgrade(t: &Target, args: &UpgradeOptions) -> Result<Outcome> {
         args.preview,
     )?;
     let head = probe.head_info()?;
-    if args.skip.contains(&head.checksum) {
+    let unchanged = Outcome::Unchanged {
+        exit_77: args.unchanged_exit_77,
+    };
+    // Only the agent skips commits, and it never asks for JSON.
+    if args.skip.contains(&head.checksum) && !args.json {
         println!(
             "Skipping {}: it failed to boot on this host; waiting for a newer commit.",
             describe(&head)
         );
-        return Ok(Outcome::Unchanged {
-            exit_77: args.unchanged_exit_77,
-        });
+        return Ok(unchanged);
     }
-    if let Some(outcome) = switch_to(
-        &host,
-        &refspec,
-        &head,
-        args.allow_downgrade,
-        args.unchanged_exit_77,
-    )? {
-        return Ok(outcome);
+    let current = commit_info(&repo, &current_dep.csum())?;
+    let decision = decide_update(&current, &refspec, &head, args.allow_downgrade, args.json)?;
+    let skipped = args.skip.contains(&head.checksum);
+    if args.json {
+        let (files, changes) = match (args.preview, decision) {
+            (false, _) => (None, None),
+            // The same commit: nothing changes (and the probe repository
+            // need not hold its tree).
+            (true, Decision::Unchanged) => {
+                let (files, changes) =
+                    preview_changes(&repo, &current.checksum, &repo, &current.checksum)?;
+                (Some(files), Some(changes))
+            }
+            (true, _) => {
+                let (files, changes) =
+                    preview_changes(&repo, &current.checksum, &probe.repo, &head.checksum)?;
+                (Some(files), Some(changes))
+            }
+        };
+        print_json(
+            &UpgradeReport {
+                update_available: decision != Decision::Unchanged && !skipped,
+                downgrade: decision == Decision::Downgrade,
+                from: Endpoint::new(&current, deployment_index(&host, &current_dep)),
+                to: Endpoint::new(&head, None),
+                files,
+                changes,
+            },
+            "upgrade",
+        )?;
     }
-    if args.preview {
+    if decision == Decision::Unchanged || skipped {
+        return Ok(unchanged);
+    }
+    if args.preview && !args.json {
         print_preview(&repo, &current_dep.csum(), &probe.repo, &head.checksum)?;
     }
     if args.check || args.preview {
@@ -264,13 +367,24 @@ pub fn upgrade(t: &Target, args: &UpgradeOptions) -> Result<Outcome> {
     deploy_keeping_origin(&host, &current_dep, &head.checksum, args.reboot)
 }
 
+/// What `upgrade --preview` shows: files under `/usr`, packages, images.
+fn preview_changes(
+    old_repo: &ostree::Repo,
+    old: &str,
+    new_repo: &ostree::Repo,
+    new: &str,
+) -> Result<(TreeDiff, images::Changes)> {
+    let files = diff_files(&usr_files(old_repo, old)?, &usr_files(new_repo, new)?);
+    Ok((files, images::changes(old_repo, old, new_repo, new)?))
+}
+
 fn print_preview(
     old_repo: &ostree::Repo,
     old: &str,
     new_repo: &ostree::Repo,
     new: &str,
 ) -> Result<()> {
-    let diff = diff_files(&usr_files(old_repo, old)?, &usr_files(new_repo, new)?);
+    let (diff, changes) = preview_changes(old_repo, old, new_repo, new)?;
     println!(
         "Files under /usr: {} added, {} removed, {} modified",
         diff.added.len(),
@@ -286,21 +400,7 @@ fn print_preview(
             println!("  {mark} /{p}");
         }
     }
-    let carried = (
-        images::recorded_images(old_repo, old)?,
-        images::recorded_images(new_repo, new)?,
-    );
-    match (
-        pkglist::recorded_packages(old_repo, old)?,
-        pkglist::recorded_packages(new_repo, new)?,
-    ) {
-        (Some(o), Some(n)) => print!("{}", pkglist::render(&pkglist::diff(&o, &n))),
-        _ => println!("Packages: not recorded in both commits"),
-    }
-    if let (Some(_), _) | (_, Some(_)) = carried {
-        let (o, n) = (carried.0.unwrap_or_default(), carried.1.unwrap_or_default());
-        print!("{}", images::render(&images::diff(&o, &n)));
-    }
+    print!("{}", images::render_changes(&changes));
     Ok(())
 }
 
@@ -312,14 +412,13 @@ pub fn deploy(t: &Target, args: &DeployOptions) -> Result<Outcome> {
     let probe = fetch::probe(&repo, &host.path.join("ostree/repo"), &refspec, -1, false)?;
     let history = probe.history()?;
     let target = plan::select_revision(&history, &args.revision, &refspec.to_string())?.clone();
-    if let Some(outcome) = switch_to(
-        &host,
-        &refspec,
-        &target,
-        args.allow_downgrade,
-        args.unchanged_exit_77,
-    )? {
-        return Ok(outcome);
+    let current = commit_info(&repo, &current_dep.csum())?;
+    if decide_update(&current, &refspec, &target, args.allow_downgrade, false)?
+        == Decision::Unchanged
+    {
+        return Ok(Outcome::Unchanged {
+            exit_77: args.unchanged_exit_77,
+        });
     }
     fetch::pull_into_sysroot(&repo, &probe, &target.checksum)?;
     deploy_keeping_origin(&host, &current_dep, &target.checksum, args.reboot)
@@ -475,6 +574,12 @@ pub fn cleanup(t: &Target, args: &CleanupOptions) -> Result<Outcome> {
 /// by default FROM is the booted deployment (on an unbooted sysroot, the
 /// rollback one) and TO the default one, i.e. what the next boot changes.
 pub fn db_diff(t: &Target, args: &DbDiffOptions) -> Result<Outcome> {
+    if args.json {
+        crate::util::messages_to_stderr();
+    }
+    if let Some(repo) = &args.repo {
+        return repo_db_diff(repo, args);
+    }
     let host = sysroot::open_unlocked_any(t.sysroot, t.stateroot)?;
     let deps = host.deployments();
     if deps.is_empty() {
@@ -498,9 +603,40 @@ pub fn db_diff(t: &Target, args: &DbDiffOptions) -> Result<Outcome> {
     let to = pick(args.to.as_deref(), (from != 0).then_some(0), "TO")?;
     let repo = host.repo();
     let (a, b) = (deps[from].csum(), deps[to].csum());
-    let text = images::render_commits(&repo, &a, &repo, &b)?;
-    println!("Deployment {from} ({a}) -> deployment {to} ({b}):");
-    print!("{text}");
+    let changes = images::changes_required(&repo, &a, &repo, &b)?;
+    if args.json {
+        print_json(
+            &DiffReport {
+                from: Endpoint::new(&commit_info(&repo, &a)?, Some(from)),
+                to: Endpoint::new(&commit_info(&repo, &b)?, Some(to)),
+                changes,
+            },
+            "db diff",
+        )?;
+    } else {
+        println!("Deployment {from} ({a}) -> deployment {to} ({b}):");
+        print!("{}", images::render_changes(&changes));
+    }
+    Ok(Outcome::Done)
+}
+
+/// `hostctl db diff --repo REPO [FROM [TO]]`: two commits of a build
+/// repository.
+fn repo_db_diff(repo_path: &Path, args: &DbDiffOptions) -> Result<Outcome> {
+    let (a, b, changes) = pkglist::repo_diff(repo_path, args.from.as_deref(), args.to.as_deref())?;
+    if args.json {
+        let repo = crate::format::repo::open(repo_path)?;
+        print_json(
+            &DiffReport {
+                from: Endpoint::new(&commit_info(&repo, &a)?, None),
+                to: Endpoint::new(&commit_info(&repo, &b)?, None),
+                changes,
+            },
+            "db diff",
+        )?;
+    } else {
+        print!("From {a}\nTo   {b}\n{}", images::render_changes(&changes));
+    }
     Ok(Outcome::Done)
 }
 

@@ -483,6 +483,18 @@ pub fn hostctl_ok(sysroot: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The stdout of a `--json` command, which must be exactly one JSON object
+/// and nothing else: no message, no progress line.
+pub fn json_only(stdout: &str) -> serde_json::Value {
+    assert!(
+        stdout.starts_with('{') && stdout.ends_with("}\n"),
+        "stdout is not one JSON object alone:\n{stdout}"
+    );
+    // from_str refuses anything but whitespace after the document.
+    serde_json::from_str(stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{stdout}"))
+}
+
 pub fn status_json(sysroot: &Path) -> serde_json::Value {
     serde_json::from_str(&hostctl_ok(sysroot, &["status", "--json"])).expect("status JSON")
 }
