@@ -241,6 +241,56 @@ mod tests {
     }
 
     #[test]
+    fn changes_serialize_with_the_keys_docs_cli_md_names() {
+        let pkg = |name: &str, version: &str| pkglist::Package {
+            name: name.into(),
+            version: version.into(),
+            arch: "amd64".into(),
+        };
+        let c = Changes {
+            packages: Some(pkglist::diff(
+                &[pkg("bash", "5.2-1"), pkg("gone", "1")],
+                &[pkg("bash", "5.2-2")],
+            )),
+            images: Some(diff(&[i("app", 'a')], &[i("app", 'b')])),
+        };
+        assert_eq!(
+            serde_json::to_value(&c).unwrap(),
+            serde_json::json!({
+                "packages": {
+                    "added": [],
+                    "removed": [{"name": "gone", "version": "1", "arch": "amd64"}],
+                    "upgraded": [{"name": "bash", "arch": "amd64", "old_version": "5.2-1", "new_version": "5.2-2"}],
+                    "downgraded": [],
+                },
+                "images": {
+                    "added": [],
+                    "removed": [],
+                    "changed": [{"name": "app", "old_digest": i("app", 'a').digest, "new_digest": i("app", 'b').digest}],
+                },
+            })
+        );
+        let text = render_changes(&c);
+        assert!(
+            text.starts_with("Upgraded (1):\n  bash 5.2-1 -> 5.2-2 amd64\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Images changed (1):\n  app sha256:"),
+            "{text}"
+        );
+        let none = Changes::default();
+        assert_eq!(
+            serde_json::to_value(&none).unwrap(),
+            serde_json::json!({"packages": null, "images": null})
+        );
+        assert_eq!(
+            render_changes(&none),
+            "Packages: not recorded in both commits\n"
+        );
+    }
+
+    #[test]
     fn variant_is_a_list_of_name_and_digest() {
         let v = to_variant(&[i("localhost/app:v1", 'a')]);
         assert_eq!(v.type_().as_str(), "a(ss)");
