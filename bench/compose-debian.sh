@@ -15,6 +15,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q
 hostctl=${CARGO_TARGET_DIR:-$PWD/target}/release/hostctl
+# A treefile with install-hostctl (the reference host) installs hostctl's
+# .deb: HOSTCTL_DEB, else one built from this checkout.
+export HOSTCTL_DEB=${HOSTCTL_DEB:-$(./scripts/build-deb.sh 2>/dev/null | tail -n 1)}
 treefile=$(realpath "${1:-treefiles/debian-minimal.toml}")
 cache=${HOSTCTL_BENCH_CACHE:-/var/cache/hostctl}
 work=$(mktemp -d /var/tmp/hostctl-bench-debian.XXXXXX)

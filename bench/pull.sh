@@ -67,6 +67,8 @@ sent() { awk '{ s += $3 } END { print s + 0 }' "$1"; }
 # --- the trees -------------------------------------------------------------
 if [ "$mode" = reference ]; then
   reference=$PWD/treefiles/debian-minimal.toml
+  # It has install-hostctl: hostctl's .deb, HOSTCTL_DEB or built here.
+  export HOSTCTL_DEB=${HOSTCTL_DEB:-$(./scripts/build-deb.sh 2>/dev/null | tail -n 1)}
   printf 'include = ["%s"]\nref = "bench/pull"\n' "$reference" >"$work/v1.toml"
   printf 'include = ["%s"]\nref = "bench/pull"\npackages = ["%s"]\n' "$reference" "$pkg" >"$work/v2.toml"
   echo "tree: the reference host (treefiles/debian-minimal.toml); update: adds the package $pkg"

@@ -263,6 +263,10 @@ pub struct ComposeTreeArgs {
     /// GnuPG home directory holding the --gpg-sign keys (default: GnuPG's own).
     #[arg(long, value_name = "DIR", requires = "gpg_sign")]
     pub gpg_homedir: Option<PathBuf>,
+    /// hostctl's Debian package (scripts/build-deb.sh), which a treefile with
+    /// `install-hostctl = true` installs into the tree.
+    #[arg(long, value_name = "FILE", env = "HOSTCTL_DEB")]
+    pub hostctl_deb: Option<PathBuf>,
     /// The treefile (TOML).
     pub treefile: PathBuf,
 }
@@ -764,6 +768,7 @@ impl From<&ComposeTreeArgs> for ComposeOptions {
             sign_key: a.sign_key.clone(),
             gpg_sign: a.gpg_sign.clone(),
             gpg_homedir: a.gpg_homedir.clone(),
+            hostctl_deb: a.hostctl_deb.clone(),
         }
     }
 }

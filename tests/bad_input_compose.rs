@@ -81,10 +81,21 @@ impl Fx {
 /// Compose `body` (ref `r`), expect exit 1 with `expect` in the message,
 /// the ref where it was and the repository unchanged.
 fn refused(fx: &Fx, name: &str, body: &str, expect: &[&str]) -> String {
+    refused_with(fx, name, body, &[], expect)
+}
+
+/// [`refused`] with more arguments for `hostctl compose tree`.
+fn refused_with(fx: &Fx, name: &str, body: &str, args: &[&str], expect: &[&str]) -> String {
     let head = fx.rev_parse("r").expect("ref r exists");
     let before = fingerprint(&fx.repo());
     let tf = fx.treefile(&format!("{name}.toml"), body);
-    let out = fx.compose(&tf);
+    let mut cmd = hostctl_cmd();
+    cmd.args(["compose", "tree", "--repo"])
+        .arg(fx.repo())
+        .args(args)
+        .arg(&tf)
+        .env_remove("HOSTCTL_DEB");
+    let out = run_hostctl(&mut cmd);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{name}: {err}");
     for e in expect {
@@ -140,6 +151,69 @@ fn a_tree_that_cannot_boot_is_refused_before_the_ref_moves() {
         "ref = \"r\"\nbase = \"base\"\nremove-files = [\"/usr/lib/modules\"]\n",
     );
     ok(fx.compose(&tf));
+}
+
+/// `install-hostctl` without hostctl's package, or with a file that is not
+/// it, is refused before any work, naming the treefile, the key and the
+/// file (issue 14).
+#[test]
+fn install_hostctl_without_the_hostctl_package_is_refused() {
+    let fx = Fx::new();
+    let body = "ref = \"r\"\nbase = \"base\"\ninstall-hostctl = true\n";
+    let err = refused(
+        &fx,
+        "no-deb",
+        body,
+        &[
+            "no-deb.toml",
+            "install-hostctl",
+            "--hostctl-deb",
+            "HOSTCTL_DEB",
+            "scripts/build-deb.sh",
+        ],
+    );
+    eprintln!("without --hostctl-deb: {err}");
+    let debs = fx.p("debs");
+    fs::create_dir_all(&debs).unwrap();
+    let other = common::fake_deb(&debs, "nothostctl", "1.0", "amd64", &[]);
+    let err = refused_with(
+        &fx,
+        "other-package",
+        body,
+        &["--hostctl-deb", other.to_str().unwrap()],
+        &[
+            "other-package.toml",
+            "install-hostctl",
+            other.to_str().unwrap(),
+            "`nothostctl`, not `hostctl`",
+        ],
+    );
+    eprintln!("another package: {err}");
+    let foreign = common::fake_deb(&debs, "hostctl", "1.0", "arm64", &[]);
+    refused_with(
+        &fx,
+        "foreign",
+        body,
+        &["--hostctl-deb", foreign.to_str().unwrap()],
+        &["architecture arm64"],
+    );
+    let not_deb = debs.join("text.deb");
+    fs::write(&not_deb, "not a package\n").unwrap();
+    refused_with(
+        &fx,
+        "not-a-deb",
+        body,
+        &["--hostctl-deb", not_deb.to_str().unwrap()],
+        &[not_deb.to_str().unwrap(), "not a Debian package"],
+    );
+    let missing = debs.join("missing.deb");
+    refused_with(
+        &fx,
+        "missing",
+        body,
+        &["--hostctl-deb", missing.to_str().unwrap()],
+        &[missing.to_str().unwrap(), "cannot be read"],
+    );
 }
 
 #[test]

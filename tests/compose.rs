@@ -311,6 +311,77 @@ automatic-version-prefix = "7"
     ostree(r, &["fsck"]);
 }
 
+/// `install-hostctl` on a tree without packages: the `--hostctl-deb`
+/// package's files are extracted into the tree (no dpkg database records
+/// them); its bytes are an input (the same .deb: no change; another: a new
+/// commit); a version other than the running hostctl's is warned about. A
+/// small stand-in package named hostctl keeps this fast; tests/debian.rs
+/// and tests/package.rs use the real one.
+#[test]
+fn install_hostctl_extracts_the_given_package_into_a_tree_without_packages() {
+    let f = fixture();
+    let tf = f.treefile(
+        "t.toml",
+        "ref = \"r\"\nbase = \"base\"\ninstall-hostctl = true\n",
+    );
+    let debs = f.p("debs");
+    fs::create_dir_all(&debs).unwrap();
+    let files = [
+        ("usr/bin/hostctl", "#!/bin/sh\necho packaged one\n"),
+        (
+            "usr/lib/systemd/system/hostctl-agent.timer",
+            "[Timer]\nOnCalendar=daily\n",
+        ),
+        ("usr/share/doc/hostctl/agent.md", "# agent\n"),
+    ];
+    let deb1 = fake_deb(&debs, "hostctl", "0.0.1~test", "amd64", &files);
+    let out = compose(&f.repo(), &tf, &["--hostctl-deb", deb1.to_str().unwrap()]);
+    let err = stderr(&out);
+    ok(out);
+    assert!(
+        err.lines().any(|l| l.starts_with("warning:")
+            && l.contains("0.0.1~test")
+            && l.contains(env!("CARGO_PKG_VERSION"))),
+        "no version warning:\n{err}"
+    );
+    let c1 = rev_parse(&f.repo(), "r").unwrap();
+    assert_eq!(
+        ostree(&f.repo(), &["cat", "r", "/usr/bin/hostctl"]),
+        "#!/bin/sh\necho packaged one\n"
+    );
+    let ls = ostree(&f.repo(), &["ls", "r", "/usr/bin/hostctl"]);
+    assert!(ls.starts_with("-00755"), "{ls}");
+    for p in [
+        "/usr/lib/systemd/system/hostctl-agent.timer",
+        "/usr/share/doc/hostctl/agent.md",
+    ] {
+        ostree(&f.repo(), &["ls", "r", p]);
+    }
+    // The same .deb, given through the environment: no change.
+    let out = run_hostctl(
+        hostctl_cmd()
+            .args(["compose", "tree", "--unchanged-exit-77", "--repo"])
+            .arg(f.repo())
+            .arg(&tf)
+            .env("HOSTCTL_DEB", &deb1),
+    );
+    assert_eq!(out.status.code(), Some(77), "{}", stderr(&out));
+    assert_eq!(rev_parse(&f.repo(), "r").unwrap(), c1);
+    // Another .deb: a new commit with its binary.
+    let files2 = [("usr/bin/hostctl", "#!/bin/sh\necho packaged two\n")];
+    let deb2 = fake_deb(&debs, "hostctl", "0.0.2~test", "amd64", &files2);
+    ok(compose(
+        &f.repo(),
+        &tf,
+        &["--hostctl-deb", deb2.to_str().unwrap()],
+    ));
+    assert_ne!(rev_parse(&f.repo(), "r").unwrap(), c1);
+    assert_eq!(
+        ostree(&f.repo(), &["cat", "r", "/usr/bin/hostctl"]),
+        "#!/bin/sh\necho packaged two\n"
+    );
+}
+
 #[test]
 fn versions_advance_and_parents_chain_and_noop_is_detected() {
     let f = fixture();

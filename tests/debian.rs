@@ -49,6 +49,8 @@ fn compose(repo: &Path, work: &Path, treefile: &Path) -> Output {
             .arg(cachedir())
             .arg("--workdir")
             .arg(work)
+            .arg("--hostctl-deb")
+            .arg(hostctl_deb())
             .arg(treefile),
     )
 }
@@ -240,7 +242,10 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
     // hostctl's own consistency, not an outside witness: what resolve said
     // (and so what the input hash covers) is exactly what got installed, or
     // an unchanged input hash could hide a changed tree.
-    let resolved = packages::resolve(&treefile::load(&minimal).unwrap(), &cachedir()).unwrap();
+    // (The compose adds hostctl's .deb to the local packages: so does this.)
+    let mut tf = treefile::load(&minimal).unwrap();
+    tf.local_packages.push(hostctl_deb());
+    let resolved = packages::resolve(&tf, &cachedir()).unwrap();
     let mut resolved_pkgs: Vec<Package> = resolved
         .lines()
         .filter_map(|l| {
@@ -266,8 +271,75 @@ fn minimal_host_composes_boots_pieces_and_diffs() {
         assert!(names.contains(want), "{want} not installed");
     }
     assert!(!names.contains("initramfs-tools"));
-    // hostctl itself is in the tree.
-    assert!(root.join("usr/bin/hostctl").is_file());
+    // hostctl itself is in the tree, installed from its .deb (issue 14):
+    // dpkg knows it at the .deb's version, the package list says so, every
+    // file it installed is as the package has it (`dpkg --verify`: the
+    // dracut module too), and the binary is the .deb's release build, not
+    // the test binary that composed.
+    let deb = hostctl_deb();
+    let deb_version = sh(Command::new("dpkg-deb")
+        .arg("--field")
+        .arg(&deb)
+        .arg("Version"))
+    .trim()
+    .to_string();
+    let known = sh(Command::new("dpkg-query")
+        .arg(format!(
+            "--admindir={}",
+            root.join("usr/lib/sysimage/dpkg").display()
+        ))
+        .args(["-W", "-f=${Status} ${Version}", "hostctl"]));
+    assert_eq!(known, format!("install ok installed {deb_version}"));
+    assert!(
+        meta_pkgs
+            .iter()
+            .any(|p| p.name == "hostctl" && p.version == deb_version),
+        "hostctl {deb_version} not in the package list: {meta_pkgs:?}"
+    );
+    let verify = sh(Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .arg(format!(
+            "--admindir={}",
+            root.join("usr/lib/sysimage/dpkg").display()
+        ))
+        .args(["--verify", "hostctl"]));
+    assert!(verify.trim().is_empty(), "dpkg --verify hostctl: {verify}");
+    let unpacked = t.path().join("hostctl-deb");
+    sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked));
+    let from_deb = std::fs::read(unpacked.join("usr/bin/hostctl")).unwrap();
+    let in_tree = std::fs::read(root.join("usr/bin/hostctl")).unwrap();
+    assert!(
+        in_tree == from_deb,
+        "the tree's /usr/bin/hostctl is not the .deb's"
+    );
+    let test_binary = std::fs::read(hostctl_bin()).unwrap();
+    assert!(
+        in_tree != test_binary,
+        "the tree's /usr/bin/hostctl is the test binary"
+    );
+    eprintln!(
+        "the tree's /usr/bin/hostctl: {} bytes (hostctl {deb_version} from {}; the debug test binary: {} bytes)",
+        in_tree.len(),
+        deb.display(),
+        test_binary.len()
+    );
+    for unit in [
+        "hostctl-agent.timer",
+        "hostctl-boot-check.service",
+        "hostctl-publish-entries.service",
+    ] {
+        assert!(
+            root.join("usr/lib/systemd/system").join(unit).is_file(),
+            "{unit} not in the tree"
+        );
+    }
+    // The treefile's `units` enabled the package's units.
+    let wants = root.join("usr/etc/systemd/system/timers.target.wants/hostctl-agent.timer");
+    assert!(
+        std::fs::symlink_metadata(&wants).is_ok(),
+        "{} missing",
+        wants.display()
+    );
     // Every `Documentation=file:` of its units resolves inside the tree.
     let mut docs = 0;
     for e in std::fs::read_dir(root.join("usr/lib/systemd/system")).unwrap() {

@@ -8,9 +8,12 @@
 //!
 //! Needs root (mmdebstrap's root mode, chroot), the packages of
 //! scripts/install-deps.sh and the Debian mirror. The release build goes to
-//! this test's own cargo target directory, so a rerun rebuilds only what
-//! changed; downloaded packages are kept in /var/cache/hostctl-test/package
-//! (or $HOSTCTL_TEST_CACHE/package) between runs.
+//! `<target>/deb-build`, shared by every test binary (tests/common
+//! `hostctl_deb`), so a rerun rebuilds only what changed; downloaded
+//! packages are kept in /var/cache/hostctl-test/package (or
+//! $HOSTCTL_TEST_CACHE/package) between runs.
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -30,22 +33,16 @@ const UNITS: &[&str] = &[
 ];
 
 /// A customize hook of mmdebstrap (`$1` is the root): a one-file base and a
-/// treefile with install-hostctl, composed in the root.
-const COMPOSE_HOOK: &str = r#"set -e
+/// treefile with install-hostctl, composed in the root with the package at
+/// `deb` (a path in the root).
+fn compose_hook(deb: &str) -> String {
+    format!(
+        r#"set -e
 mkdir -p "$1"/srv/compose/base/etc
 echo ID=test > "$1"/srv/compose/base/etc/os-release
 printf 'ref = "test/package"\nbase = "base"\ninstall-hostctl = true\n' > "$1"/srv/compose/tree.toml
-chroot "$1" hostctl compose tree --repo /srv/compose/repo /srv/compose/tree.toml"#;
-
-fn src(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-/// The cargo target directory this test was built in (`.../target/debug/hostctl`
-/// is two levels below it).
-fn target_dir() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_hostctl"));
-    bin.parent().and_then(Path::parent).unwrap().to_path_buf()
+chroot "$1" hostctl compose tree --hostctl-deb {deb} --repo /srv/compose/repo /srv/compose/tree.toml"#
+    )
 }
 
 fn cachedir() -> PathBuf {
@@ -97,13 +94,9 @@ fn bookworm_sources() -> String {
 fn the_deb_builds_passes_lintian_and_installs_into_a_fresh_debian_root() {
     let t0 = Instant::now();
 
-    // 1. Build, as a user would.
-    let out = run(
-        "scripts/build-deb.sh",
-        Command::new(src("scripts/build-deb.sh")).env("CARGO_TARGET_DIR", target_dir()),
-    );
-    let deb = PathBuf::from(text(&out.stdout).lines().last().unwrap_or("").trim());
-    assert!(deb.is_file(), "build-deb.sh printed no .deb: {deb:?}");
+    // 1. Build, as a user would (scripts/build-deb.sh, in the target
+    // directory all test binaries share for it).
+    let deb = common::hostctl_deb();
     let version = env!("CARGO_PKG_VERSION");
     assert_eq!(
         deb.file_name().unwrap().to_string_lossy(),
@@ -160,12 +153,17 @@ fn the_deb_builds_passes_lintian_and_installs_into_a_fresh_debian_root() {
             "--customize-hook=sync-out /var/cache/apt/archives {}",
             cache.display()
         ))
-        // The packaged hostctl must find the files it copies into trees
-        // under /usr/share/hostctl, not in the build tree it came from: a
-        // compose with install-hostctl in the root, where no source tree
-        // exists, copies the units and docs. In a hook, where /proc is
-        // mounted (hostctl finds itself through /proc/self/exe).
-        .arg(format!("--customize-hook={COMPOSE_HOOK}"))
+        // The packaged hostctl composes where no source tree exists: a
+        // compose with install-hostctl in the root, given the package
+        // copied in above, extracts its binary, units and docs into the
+        // tree. In a hook, where /proc is mounted.
+        .arg(format!(
+            "--customize-hook={}",
+            compose_hook(&format!(
+                "/tmp/{}",
+                deb.file_name().unwrap().to_string_lossy()
+            ))
+        ))
         .args(["bookworm"])
         .arg(&root)
         .arg("-")

@@ -348,14 +348,58 @@ fn install_dracut_conf(tree: &Path, src: &Path) -> Result<()> {
             src.display()
         );
     }
-    // hostctl's own dracut modules (the bootlink repair).
+    // hostctl's own dracut modules (the bootlink repair). A module a package
+    // in the tree ships (hostctl's own, with `install-hostctl`) is that
+    // package's: its files stay as dpkg installed them, so the tree's
+    // hostctl and its module come from the same package.
     let modules = src.join("modules.d");
     if modules.is_dir() {
         let dest = tree.join("usr/lib/dracut/modules.d");
-        crate::compose::rootfs::copy_tree_into(&modules, &dest)
-            .context("installing hostctl's dracut modules into the tree")?;
+        let packaged = packaged_paths(tree)?;
+        for e in
+            std::fs::read_dir(&modules).with_context(|| format!("listing {}", modules.display()))?
+        {
+            let p = e
+                .with_context(|| format!("listing {}", modules.display()))?
+                .path();
+            let name = p.file_name().expect("listed file has a name");
+            let in_tree = format!("/usr/lib/dracut/modules.d/{}", name.to_string_lossy());
+            if packaged.contains(&in_tree) {
+                continue;
+            }
+            let to = dest.join(name);
+            std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+            crate::compose::rootfs::copy_tree_into(&p, &to)
+                .context("installing hostctl's dracut modules into the tree")?;
+        }
     }
     Ok(())
+}
+
+/// Every path the tree's dpkg database lists as some package's (the
+/// `info/*.list` files), wherever the database is at this point.
+fn packaged_paths(tree: &Path) -> Result<std::collections::HashSet<String>> {
+    let mut out = std::collections::HashSet::new();
+    let info = [
+        tree.join("var/lib/dpkg/info"),
+        tree.join(crate::compose::packages::DPKG_DB).join("info"),
+    ]
+    .into_iter()
+    .find(|d| d.is_dir());
+    let Some(info) = info else {
+        return Ok(out);
+    };
+    for e in std::fs::read_dir(&info).with_context(|| format!("listing {}", info.display()))? {
+        let p = e
+            .with_context(|| format!("listing {}", info.display()))?
+            .path();
+        if p.extension().is_some_and(|x| x == "list") {
+            let text =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            out.extend(text.lines().map(str::to_string));
+        }
+    }
+    Ok(out)
 }
 
 /// Debian's kernel packages leave `/boot/vmlinuz-*`, `/boot/initrd.img-*`

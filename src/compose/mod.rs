@@ -14,6 +14,7 @@
 pub mod apt;
 pub mod commit;
 pub mod containers;
+pub mod hostctl_deb;
 pub mod initramfs;
 pub mod initramfs_reuse;
 pub mod inputhash;

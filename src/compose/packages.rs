@@ -7,7 +7,6 @@
 //! dpkg database under `/usr`, the installed package list).
 
 use std::fmt::Write as _;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -41,9 +40,9 @@ pub fn default_cachedir() -> PathBuf {
     }
 }
 
-/// Where hostctl finds the files it ships into trees (`dracut/`,
-/// `systemd-units/`, `docs/`): `$HOSTCTL_DATADIR` at run time, else the
-/// directory named by `HOSTCTL_BUILD_DATADIR` when the binary was built (the
+/// Where hostctl finds the files it ships into Debian trees (`dracut/`; the
+/// binary, units and docs come from its package, see `hostctl_deb`):
+/// `$HOSTCTL_DATADIR` at run time, else the directory named by `HOSTCTL_BUILD_DATADIR` when the binary was built (the
 /// Debian package sets `/usr/share/hostctl`, since its binary outlives the
 /// build tree), else the source checkout it was built from.
 pub fn datadir() -> PathBuf {
@@ -105,15 +104,12 @@ fn selectors(tf: &Treefile, arch: &str) -> Result<Vec<String>> {
 
 /// A stable description of everything the package steps put into the tree:
 /// sources, variant, the resolved `name=version arch` lines, and the files
-/// hostctl itself ships (dracut configuration, and with `install-hostctl`
-/// the binary and its units). Unchanged treefile + unchanged mirror = same
-/// text.
+/// hostctl itself ships into Debian trees (its dracut configuration and
+/// module). Unchanged treefile + unchanged mirror = same text. (Local
+/// packages, hostctl's own among them, are hashed by content as inputs.)
 pub fn resolve(tf: &Treefile, cachedir: &Path) -> Result<String> {
     let mut text = String::new();
     if tf.packages.is_empty() && tf.local_packages.is_empty() {
-        if tf.install_hostctl {
-            hash_shipped_files(&mut text, false, true)?;
-        }
         return Ok(text);
     }
     let apt = private_apt(tf, cachedir)?;
@@ -129,7 +125,7 @@ pub fn resolve(tf: &Treefile, cachedir: &Path) -> Result<String> {
     for p in &pkgs {
         let _ = writeln!(text, "{}={} {}", p.name, p.version, p.arch);
     }
-    hash_shipped_files(&mut text, true, tf.install_hostctl)?;
+    hash_dracut_files(&mut text)?;
     Ok(text)
 }
 
@@ -152,22 +148,9 @@ fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-fn hash_shipped_files(text: &mut String, dracut: bool, hostctl: bool) -> Result<()> {
-    let data = datadir();
-    if dracut {
-        for f in files_in(&data.join("dracut"))? {
-            let _ = writeln!(text, "dracut {} {}", f.display(), sha256_file(&f)?);
-        }
-    }
-    if hostctl {
-        let exe = std::env::current_exe().context("finding the running hostctl binary")?;
-        let _ = writeln!(text, "hostctl-binary {}", sha256_file(&exe)?);
-        for f in files_in(&data.join("systemd-units"))? {
-            let _ = writeln!(text, "unit {} {}", f.display(), sha256_file(&f)?);
-        }
-        for f in files_in(&data.join("docs"))? {
-            let _ = writeln!(text, "doc {} {}", f.display(), sha256_file(&f)?);
-        }
+fn hash_dracut_files(text: &mut String) -> Result<()> {
+    for f in files_in(&datadir().join("dracut"))? {
+        let _ = writeln!(text, "dracut {} {}", f.display(), sha256_file(&f)?);
     }
     Ok(())
 }
@@ -178,17 +161,14 @@ fn hash_shipped_files(text: &mut String, dracut: bool, hostctl: bool) -> Result<
 /// dpkg and apt): mmdebstrap runs on it with the `custom` variant and an
 /// `apt-get install` inside the chroot, so the base's dpkg database decides
 /// what is already there. Downloaded `.deb`s are synced in from and out to
-/// `cachedir/archives`. With `install-hostctl`, the running binary and the
-/// units from `systemd-units/` are copied in too.
+/// `cachedir/archives`. hostctl's own package (`install-hostctl`) is one
+/// of the local packages by now (see `hostctl_deb::add_to`).
 ///
 /// `accounts`: a directory with the `passwd`, `group`, `shadow` and `gshadow`
 /// of the ref's previous commit, if any (see `install_packages`).
 pub fn install(tf: &Treefile, tree: &Path, cachedir: &Path, accounts: Option<&Path>) -> Result<()> {
     if !tf.packages.is_empty() || !tf.local_packages.is_empty() {
         install_packages(tf, tree, cachedir, accounts)?;
-    }
-    if tf.install_hostctl {
-        install_hostctl(tree)?;
     }
     Ok(())
 }
@@ -488,43 +468,6 @@ pub fn explain_mmdebstrap_failure(log: &str) -> String {
         return tail.into_iter().rev().collect::<Vec<_>>().join("\n");
     }
     picked.join("\n")
-}
-
-/// Copy the running hostctl, the units in `systemd-units/` and the user
-/// docs (which the units' `Documentation=` lines name) into the tree.
-pub fn install_hostctl(tree: &Path) -> Result<()> {
-    let exe = std::env::current_exe().context("finding the running hostctl binary")?;
-    let dest = tree.join("usr/bin/hostctl");
-    copy_file(&exe, &dest, 0o755)?;
-    let units = datadir().join("systemd-units");
-    let unitdir = tree.join("usr/lib/systemd/system");
-    for f in files_in(&units)? {
-        let name = f.file_name().expect("listed file has a name");
-        copy_file(&f, &unitdir.join(name), 0o644)?;
-    }
-    let docdir = tree.join(HOSTCTL_DOCDIR);
-    for f in files_in(&datadir().join("docs"))? {
-        let name = f.file_name().expect("listed file has a name");
-        copy_file(&f, &docdir.join(name), 0o644)?;
-    }
-    Ok(())
-}
-
-/// Where trees with `install-hostctl` carry hostctl's user docs.
-pub const HOSTCTL_DOCDIR: &str = "usr/share/doc/hostctl";
-
-fn copy_file(from: &Path, to: &Path, mode: u32) -> Result<()> {
-    if let Some(parent) = to.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
-    // Replace rather than write through: `to` may be a symlink in the tree.
-    let _ = std::fs::remove_file(to);
-    std::fs::copy(from, to)
-        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting mode of {}", to.display()))?;
-    Ok(())
 }
 
 /// Whether the tree has a dpkg database (wherever a previous step put it).

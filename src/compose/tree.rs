@@ -9,7 +9,8 @@ use ostree::glib;
 
 use super::treefile::{self, Treefile};
 use super::{
-    commit, containers, initramfs, inputhash, packages, postprocess, rootfs, sysusers, version,
+    commit, containers, hostctl_deb, initramfs, inputhash, packages, postprocess, rootfs, sysusers,
+    version,
 };
 use crate::format::{gpg, images, keys, pkglist, repo, sign};
 use crate::progress;
@@ -32,12 +33,22 @@ pub struct ComposeOptions {
     pub gpg_sign: Vec<String>,
     /// GnuPG home directory holding them (default: GnuPG's own).
     pub gpg_homedir: Option<PathBuf>,
+    /// hostctl's .deb, for a treefile with `install-hostctl`.
+    pub hostctl_deb: Option<PathBuf>,
 }
 
 pub fn run(args: &ComposeOptions) -> Result<Outcome> {
-    let tf = treefile::load(&args.treefile)?;
+    let mut tf = treefile::load(&args.treefile)?;
     check_repo_path(&args.repo)?;
     check_inputs(&tf)?;
+    // hostctl's package: checked before any work; a tree with packages gets
+    // it from apt as a local package, one without has it extracted.
+    let extract_deb = if tf.install_hostctl {
+        let deb = hostctl_deb::check(&tf, args.hostctl_deb.as_deref())?;
+        hostctl_deb::add_to(&mut tf, deb)
+    } else {
+        None
+    };
     // Read before any work, so that a key that cannot sign fails the compose
     // in a second, not after the build, and never after the ref moved.
     let sign_key = args
@@ -63,6 +74,9 @@ pub fn run(args: &ComposeOptions) -> Result<Outcome> {
         .clone()
         .unwrap_or_else(packages::default_cachedir);
     let mut hasher = inputhash::local_inputs(&tf)?;
+    if let Some(deb) = &extract_deb {
+        hasher.input("hostctl-deb", deb)?;
+    }
     // The package set as the mirror offers it now: a new version of any
     // package in the tree is a new input.
     let resolved = packages::resolve(&tf, &cachedir)?;
@@ -104,6 +118,7 @@ pub fn run(args: &ComposeOptions) -> Result<Outcome> {
         &cachedir,
         accounts.as_deref(),
         previous.as_ref(),
+        extract_deb.as_deref(),
     )?;
 
     let repo = repo::open_or_create_archive(&args.repo)?;
@@ -281,7 +296,8 @@ fn check_repo_path(repo: &Path) -> Result<()> {
 /// Every step between the inputs and a tree libostree can deploy, in order.
 /// Returns the installed Debian packages (empty for a tree without dpkg)
 /// and the carried container images. `work` holds scratch files outside
-/// the tree.
+/// the tree; `extract_deb` is hostctl's package for a tree without packages
+/// (see [`hostctl_deb::add_to`]).
 pub fn build_tree(
     tf: &Treefile,
     tree: &Path,
@@ -289,12 +305,16 @@ pub fn build_tree(
     cachedir: &Path,
     accounts: Option<&Path>,
     previous: Option<&initramfs::Previous>,
+    extract_deb: Option<&Path>,
 ) -> Result<(Vec<pkglist::Package>, Vec<images::Image>)> {
     if tf.base.is_some() {
         progress::step("compose", "Populating the tree from the base");
     }
     rootfs::populate_base(tf, tree)?;
     packages::install(tf, tree, cachedir, accounts)?;
+    if let Some(deb) = extract_deb {
+        hostctl_deb::extract(deb, tree)?;
+    }
     if !tf.overlays.is_empty() {
         progress::step(
             "compose",

@@ -1119,3 +1119,92 @@ pub fn set_xattr(p: &Path, name: &str, value: &[u8]) {
         std::io::Error::last_os_error()
     );
 }
+
+/// The cargo target directory the tests were built in (`.../target/debug/hostctl`
+/// is two levels below it).
+pub fn target_dir() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_hostctl"));
+    bin.parent().and_then(Path::parent).unwrap().to_path_buf()
+}
+
+/// hostctl's Debian package, built from this checkout by
+/// `scripts/build-deb.sh` (a release build) once per test process, in the
+/// cargo target directory `<target>/deb-build` that every test binary shares
+/// (so the release build is incremental and done once for all of them).
+/// Builds run one at a time under `flock`; each process gets its own copy
+/// of the result (`<target>/deb-build/test-debs/PID/`), which a later build
+/// by another process does not replace under it.
+pub fn hostctl_deb() -> PathBuf {
+    static DEB: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DEB.get_or_init(|| {
+        let build = target_dir().join("deb-build");
+        fs::create_dir_all(&build).unwrap();
+        let own = build.join("test-debs").join(std::process::id().to_string());
+        let _ = fs::remove_dir_all(&own);
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-deb.sh");
+        let started = std::time::Instant::now();
+        let out = Command::new("flock")
+            .arg(build.join(".build.lock"))
+            .arg("sh")
+            .arg("-c")
+            .arg(
+                r#"set -e
+deb=$("$1")
+deb=$(printf '%s\n' "$deb" | tail -n 1)
+mkdir -p "$2"
+cp "$deb" "$2"/
+echo "$2/$(basename "$deb")""#,
+            )
+            .arg("sh")
+            .arg(&script)
+            .arg(&own)
+            .env("CARGO_TARGET_DIR", &build)
+            .output()
+            .expect("starting flock (package util-linux)");
+        assert!(
+            out.status.success(),
+            "scripts/build-deb.sh failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deb = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        assert!(deb.is_file(), "build-deb.sh gave no .deb: {deb:?}");
+        eprintln!("hostctl .deb: {} ({:?})", deb.display(), started.elapsed());
+        deb
+    })
+    .clone()
+}
+
+/// A small Debian package built with `dpkg-deb --build` in `dir`: `package`
+/// at `version` for `arch`, holding `files` (path in the tree, content;
+/// files under `usr/bin` are executable).
+pub fn fake_deb(
+    dir: &Path,
+    package: &str,
+    version: &str,
+    arch: &str,
+    files: &[(&str, &str)],
+) -> PathBuf {
+    let root = dir.join(format!("{package}-{version}-{arch}"));
+    let _ = fs::remove_dir_all(&root);
+    write(
+        &root.join("DEBIAN/control"),
+        &format!(
+            "Package: {package}\nVersion: {version}\nArchitecture: {arch}\n\
+             Maintainer: test <test@example.invalid>\nDescription: test package\n"
+        ),
+    );
+    for (path, content) in files {
+        let p = root.join(path);
+        write(&p, content);
+        if path.starts_with("usr/bin/") {
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+    let deb = dir.join(format!("{package}_{version}_{arch}.deb"));
+    sh(Command::new("dpkg-deb")
+        .args(["--root-owner-group", "--build"])
+        .arg(&root)
+        .arg(&deb));
+    deb
+}

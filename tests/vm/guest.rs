@@ -111,6 +111,7 @@ pub fn signing_key(repo: &Path) -> (PathBuf, PathBuf) {
 pub fn compose(repo: &Path, refname: &str, tf: &Path) -> String {
     let t = Instant::now();
     let (secret, _) = signing_key(repo);
+    let deb = common::hostctl_deb();
     hostctl(&[
         "compose",
         "tree",
@@ -118,6 +119,8 @@ pub fn compose(repo: &Path, refname: &str, tf: &Path) -> String {
         repo.to_str().unwrap(),
         "--sign-key",
         secret.to_str().unwrap(),
+        "--hostctl-deb",
+        deb.to_str().unwrap(),
         tf.to_str().unwrap(),
     ]);
     let c = sh(&format!(
