@@ -146,7 +146,7 @@ fn the_deb_builds_passes_lintian_and_installs_into_a_fresh_debian_root() {
         .arg(format!("--customize-hook=copy-in {} /tmp", deb.display()))
         .arg(format!(
             "--customize-hook=chroot \"$1\" env DEBIAN_FRONTEND=noninteractive \
-             apt-get install --yes --no-install-recommends /tmp/{}",
+             apt-get install --yes -o APT::Install-Recommends=true /tmp/{}",
             deb.file_name().unwrap().to_string_lossy()
         ))
         .arg(format!(
@@ -213,6 +213,27 @@ fn the_deb_builds_passes_lintian_and_installs_into_a_fresh_debian_root() {
     assert_eq!(
         text(&dpkg.stdout),
         format!("install ok installed {version}")
+    );
+    // What a build machine needs comes as Recommends, which apt installs
+    // on a fresh Debian 12 (its default; mmdebstrap's root turns that off,
+    // hence the option above); trees, composed without Recommends, stay lean.
+    let recommends = run(
+        "dpkg-query of the build machine's tools in the root",
+        Command::new("chroot").arg(&root).args([
+            "dpkg-query",
+            "-W",
+            "-f=${Package} ${Status}\n",
+            "mmdebstrap",
+            "bubblewrap",
+            "mtools",
+            "dosfstools",
+        ]),
+    );
+    let installed = text(&recommends.stdout);
+    assert_eq!(
+        installed.matches(" install ok installed").count(),
+        4,
+        "{installed}"
     );
 
     // 5. The compose of the hook above, checked with the ostree CLI.

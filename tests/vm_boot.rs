@@ -142,6 +142,38 @@ fn check_app(vm: &mut Vm, label: &str, version: &str, starts: &[&str]) {
     assert_eq!(got, want, "{label}: the app's volume {APP_VOLUME}/starts");
 }
 
+/// dpkg on the booted host knows the hostctl package the tree was composed
+/// with (`install-hostctl`), and `/usr/bin/hostctl` is that package's
+/// release build, byte for byte.
+fn check_hostctl_package(vm: &mut Vm, label: &str) {
+    let deb = common::hostctl_deb();
+    let version = sh(&format!("dpkg-deb --field {} Version", deb.display()));
+    let listed = vm.run("COLUMNS=200 dpkg -l hostctl");
+    assert!(
+        listed.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[0] == "ii" && f[1] == "hostctl" && f[2] == version.trim()
+        }),
+        "{label}: dpkg -l hostctl does not list version {version}:\n{listed}"
+    );
+    let want = sh(&format!(
+        "dpkg-deb --fsys-tarfile {} | tar -xOf - ./usr/bin/hostctl | sha256sum",
+        deb.display()
+    ));
+    let got = vm.run("sha256sum /usr/bin/hostctl");
+    assert_eq!(
+        got.split_whitespace().next(),
+        want.split_whitespace().next(),
+        "{label}: /usr/bin/hostctl is not the package's binary"
+    );
+    let size = vm.run("stat -c %s /usr/bin/hostctl");
+    eprintln!(
+        "    {label}: dpkg -l lists hostctl {}; /usr/bin/hostctl is the package's release build, {} bytes",
+        version.trim(),
+        size.trim()
+    );
+}
+
 /// `podman images` in the guest lists the carried image with `digest`.
 fn check_carried_image(vm: &mut Vm, label: &str, digest: &str) {
     let images = vm.run("podman images --format '{{.Repository}}:{{.Tag}} {{.Digest}}'");
@@ -248,6 +280,7 @@ fn boots_upgrades_and_rolls_back_in_qemu() {
 
     check_app(&mut vm, "boot 1 (v1)", "v1", &["v1"]);
     check_carried_image(&mut vm, "boot 1 (v1)", &app_v1);
+    check_hostctl_package(&mut vm, "boot 1 (v1)");
 
     step("3. change a file in /etc, create one in /var");
     vm.run("echo 'setting = changed on the host' > /etc/hostctl-test.conf");
