@@ -148,7 +148,8 @@ fn check_app(vm: &mut Vm, label: &str, version: &str, starts: &[&str]) {
 fn check_hostctl_package(vm: &mut Vm, label: &str) {
     let deb = common::hostctl_deb();
     let version = sh(&format!("dpkg-deb --field {} Version", deb.display()));
-    let listed = vm.run("COLUMNS=200 dpkg -l hostctl");
+    // Through cat: on the console, a terminal, dpkg -l starts a pager.
+    let listed = vm.run("COLUMNS=200 dpkg -l hostctl | cat");
     assert!(
         listed.lines().any(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
