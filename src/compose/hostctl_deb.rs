@@ -86,6 +86,9 @@ pub fn check(tf: &Treefile, deb: Option<&Path>) -> Result<PathBuf> {
     }
     let abs = std::fs::canonicalize(deb)
         .with_context(|| format!("finding the absolute path of {}", deb.display()))?;
+    if let Err(why) = crate::compose::treefile::local_package_path(&abs) {
+        bail!("{top}: key `install-hostctl`: --hostctl-deb {why}");
+    }
     let f = fields(&abs).with_context(|| {
         format!(
             "{top}: key `install-hostctl`: --hostctl-deb {} is not a Debian package",
