@@ -206,17 +206,6 @@ fn install_hostctl_without_the_hostctl_package_is_refused() {
         &["--hostctl-deb", not_deb.to_str().unwrap()],
         &[not_deb.to_str().unwrap(), "not a Debian package"],
     );
-    // A real hostctl package whose path mmdebstrap would split.
-    let spaced = debs.join("with space");
-    fs::create_dir_all(&spaced).unwrap();
-    let split = common::fake_deb(&spaced, "hostctl", "1.0", "amd64", &[]);
-    refused_with(
-        &fx,
-        "split-path",
-        body,
-        &["--hostctl-deb", split.to_str().unwrap()],
-        &["install-hostctl", "with space", "comma, whitespace"],
-    );
     let missing = debs.join("missing.deb");
     refused_with(
         &fx,
