@@ -574,7 +574,18 @@ impl Counter {
 
     pub fn tick(&self) {
         let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
-        // Another thread writing a line: this tick is counted, not shown.
+        self.maybe_show(done);
+    }
+
+    /// For counts read from outside (files appearing in a directory): the
+    /// count only grows, whatever `done` says.
+    pub fn set(&self, done: u64) {
+        let done = self.done.fetch_max(done, Ordering::Relaxed).max(done);
+        self.maybe_show(done);
+    }
+
+    fn maybe_show(&self, done: u64) {
+        // Another thread writing a line: this count is kept, not shown.
         let Ok(mut last) = self.last.try_lock() else {
             return;
         };

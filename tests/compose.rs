@@ -324,8 +324,13 @@ fn install_hostctl_extracts_the_given_package_into_a_tree_without_packages() {
         "t.toml",
         "ref = \"r\"\nbase = \"base\"\ninstall-hostctl = true\n",
     );
-    let debs = f.p("debs");
+    // A directory name mmdebstrap would split: the compose works on its
+    // own copy of the package.
+    let debs = f.p("the debs");
     fs::create_dir_all(&debs).unwrap();
+    // The base's own directory modes stay: the package's `./usr/` must not
+    // replace them.
+    fs::set_permissions(f.p("base/usr"), fs::Permissions::from_mode(0o750)).unwrap();
     let files = [
         ("usr/bin/hostctl", "#!/bin/sh\necho packaged one\n"),
         (
@@ -351,6 +356,11 @@ fn install_hostctl_extracts_the_given_package_into_a_tree_without_packages() {
     );
     let ls = ostree(&f.repo(), &["ls", "r", "/usr/bin/hostctl"]);
     assert!(ls.starts_with("-00755"), "{ls}");
+    let ls = ostree(&f.repo(), &["ls", "-d", "r", "/usr"]);
+    assert!(
+        ls.starts_with("d00750"),
+        "the base's /usr mode changed: {ls}"
+    );
     for p in [
         "/usr/lib/systemd/system/hostctl-agent.timer",
         "/usr/share/doc/hostctl/agent.md",

@@ -389,3 +389,87 @@ fn assert_plain_progress(err: &str) {
         "no plain progress line:\n{err}"
     );
 }
+
+/// A compose counts the packages it downloads: a cache seeded with every
+/// package the shared test cache holds but `hello`, so that at least that
+/// one comes from the mirror. The step line names how many, the JSON
+/// `download` lines count up to that total, and it is the number of new
+/// files apt left in the cache (counted here, not by hostctl).
+/// Costs an `apt update` into a fresh cache and an mmdebstrap run.
+#[test]
+fn package_downloads_count_up_to_the_packages_missing_from_the_cache() {
+    let f = ComposeDir::new();
+    let cache = f.p("cache");
+    let archives = cache.join("archives");
+    fs::create_dir_all(&archives).unwrap();
+    let shared = std::env::var_os("HOSTCTL_TEST_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/var/cache/hostctl-test".into())
+        .join("archives");
+    let mut seeded = std::collections::BTreeSet::new();
+    for e in fs::read_dir(&shared).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".deb") && !name.starts_with("hello_") {
+            fs::copy(e.path(), archives.join(&name)).unwrap();
+            seeded.insert(name);
+        }
+    }
+    // The smallest package set: no kernel, so the compose stops once the
+    // tree is built (a tree that cannot boot is refused), after the
+    // downloads this test is about.
+    let tf = f.treefile(
+        "t.toml",
+        "ref = \"test/download\"\nvariant = \"essential\"\npackages = [\"hello\"]\n",
+    );
+    let out = hostctl_run(&[
+        "compose",
+        "tree",
+        "--progress=json",
+        "--repo",
+        f.repo().to_str().unwrap(),
+        "--cachedir",
+        cache.to_str().unwrap(),
+        tf.to_str().unwrap(),
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("error: the tree has no kernel"), "{err}");
+    assert_eq!(rev_parse(&f.repo(), "test/download"), None);
+    let lines = json_lines(&err);
+    let announced = lines
+        .iter()
+        .filter_map(|v| v["step"].as_str())
+        .find(|s| s.starts_with("Downloading "))
+        .unwrap_or_else(|| panic!("no download step:\n{err}"))
+        .to_string();
+    let counts: Vec<&serde_json::Value> =
+        lines.iter().filter(|v| v["stage"] == "download").collect();
+    let last = counts
+        .last()
+        .unwrap_or_else(|| panic!("no download count:\n{err}"));
+    let total = last["total"].as_u64().unwrap();
+    assert_eq!(last["finished"], true, "{last}");
+    assert_eq!(last["done"], total, "{last}");
+    let mut done = 0;
+    for v in &counts {
+        assert_eq!(v["total"], total, "{v}");
+        let d = v["done"].as_u64().unwrap();
+        assert!(d >= done && d <= total, "the count went back or past: {v}");
+        done = d;
+    }
+    let new: Vec<String> = fs::read_dir(&archives)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".deb") && !seeded.contains(n))
+        .collect();
+    assert!(
+        new.iter().any(|n| n.starts_with("hello_")),
+        "hello was not downloaded: {new:?}"
+    );
+    assert_eq!(total, new.len() as u64, "downloaded: {new:?}");
+    assert!(
+        announced.starts_with(&format!("Downloading {total} packages (")),
+        "{announced}"
+    );
+}

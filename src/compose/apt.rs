@@ -458,12 +458,47 @@ impl PrivateApt {
             .iter()
             .map(|p| format!("{}:{}={}", p.name, p.arch_or(&self.arch), p.version))
             .collect();
-        let out = self
-            .apt_get()
-            .args(["install", "--download-only", "-q", "--yes"])
-            .args(&specs)
-            .output()
-            .context("running apt-get install --download-only")?;
+        let missing: Vec<PathBuf> = pkgs
+            .iter()
+            .map(|p| self.archives.join(deb_file_name(p)))
+            .filter(|f| !f.exists())
+            .collect();
+        let mut cmd = self.apt_get();
+        cmd.args(["install", "--download-only", "-q", "--yes"])
+            .args(&specs);
+        // apt-get runs even when every file is in the cache: it checks
+        // their sizes and hashes against the indices, and downloads a file
+        // that does not match again.
+        let out = if missing.is_empty() {
+            cmd.output()
+        } else {
+            crate::progress::step(
+                "compose",
+                &format!(
+                    "Downloading {} packages ({} already in the cache)",
+                    missing.len(),
+                    pkgs.len() - missing.len()
+                ),
+            );
+            // Counted by the finished files apt moves into the archives
+            // directory (it downloads into partial/): no need to parse
+            // apt's own progress output.
+            let counter =
+                crate::progress::Counter::new("download", "packages", missing.len() as u64);
+            let arrived = || missing.iter().filter(|f| f.exists()).count() as u64;
+            let out = std::thread::scope(|s| {
+                let apt = s.spawn(|| cmd.output());
+                while !apt.is_finished() {
+                    counter.set(arrived());
+                    std::thread::sleep(std::time::Duration::from_millis(250));
+                }
+                apt.join().expect("the apt-get thread does not panic")
+            });
+            counter.set(arrived());
+            counter.finish();
+            out
+        }
+        .context("running apt-get install --download-only")?;
         if !out.status.success() {
             bail!(
                 "downloading packages: {}",
@@ -474,9 +509,51 @@ impl PrivateApt {
     }
 }
 
+/// The name apt gives `p`'s .deb in its archives directory: it writes the
+/// `:` of an epoch as `%3a` (names and versions hold no `_`, the other
+/// character it quotes).
+pub fn deb_file_name(p: &Package) -> String {
+    format!(
+        "{}_{}_{}.deb",
+        p.name,
+        p.version.replace(':', "%3a"),
+        p.arch
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deb_file_names_are_those_apt_writes() {
+        let p = |name: &str, version: &str, arch: &str| Package {
+            name: name.into(),
+            version: version.into(),
+            arch: arch.into(),
+        };
+        // As in a Debian 12 /var/cache/apt/archives.
+        assert_eq!(
+            deb_file_name(&p("libc6", "2.36-9+deb12u14", "amd64")),
+            "libc6_2.36-9+deb12u14_amd64.deb"
+        );
+        assert_eq!(
+            deb_file_name(&p("systemd", "252.39-1~deb12u2", "amd64")),
+            "systemd_252.39-1~deb12u2_amd64.deb"
+        );
+        assert_eq!(
+            deb_file_name(&p("perl-base", "5.36.0-7+deb12u4", "amd64")),
+            "perl-base_5.36.0-7+deb12u4_amd64.deb"
+        );
+        assert_eq!(
+            deb_file_name(&p("bsdutils", "1:2.38.1-5+deb12u3", "amd64")),
+            "bsdutils_1%3a2.38.1-5+deb12u3_amd64.deb"
+        );
+        assert_eq!(
+            deb_file_name(&p("debian-archive-keyring", "2023.3+deb12u2", "all")),
+            "debian-archive-keyring_2023.3+deb12u2_all.deb"
+        );
+    }
 
     #[test]
     fn parses_one_line_sources() {

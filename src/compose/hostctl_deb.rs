@@ -43,21 +43,32 @@ pub fn fields(deb: &Path) -> Result<DebFields> {
     })
 }
 
-fn native_arch() -> Result<String> {
-    let out = crate::util::run(
-        Command::new("dpkg").arg("--print-architecture"),
-        "finding the build machine's architecture",
-    )?;
-    Ok(out.trim().to_string())
+/// The `--hostctl-deb` file as the compose uses it: a private copy, made
+/// once, so that what was checked is what is hashed and installed even if
+/// the file given is rebuilt or replaced meanwhile (scripts/build-deb.sh
+/// rewrites its output in place). Removed when dropped.
+pub struct CheckedDeb {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+    pub fields: DebFields,
 }
 
 /// Check `deb` (the `--hostctl-deb` file) against a treefile with
 /// `install-hostctl = true`, before any work: it is given, exists, is a
-/// Debian package named `hostctl` for this machine's architecture. Returns
-/// its absolute path. A version other than the running hostctl's is only
-/// warned about on stderr.
-pub fn check(tf: &Treefile, deb: Option<&Path>) -> Result<PathBuf> {
-    let top = tf.sources[0].display();
+/// Debian package named `hostctl` for the tree's architecture. A version
+/// other than the running hostctl's is only warned about on stderr.
+pub fn check(tf: &Treefile, deb: Option<&Path>) -> Result<CheckedDeb> {
+    // The key may come from an included treefile (as in the reference
+    // ones); the top one is what the user ran.
+    let top = format!(
+        "{}{}",
+        tf.sources[0].display(),
+        if tf.sources.len() > 1 {
+            " (with its includes)"
+        } else {
+            ""
+        }
+    );
     let Some(deb) = deb else {
         bail!(
             "{top}: key `install-hostctl`: no hostctl package given: pass --hostctl-deb FILE \
@@ -77,16 +88,24 @@ pub fn check(tf: &Treefile, deb: Option<&Path>) -> Result<PathBuf> {
             deb.display()
         );
     }
-    // apt takes a local package only by a name ending in `.deb`.
-    if !deb.to_string_lossy().ends_with(".deb") {
-        bail!(
-            "{top}: key `install-hostctl`: --hostctl-deb {}: the file name must end in .deb",
-            deb.display()
-        );
+    let dir = tempfile::Builder::new()
+        .prefix("hostctl-deb-")
+        .tempdir()
+        .context("creating a directory for the copy of --hostctl-deb")?;
+    // A fixed name: apt takes a local package only by a name ending in
+    // `.deb`, and mmdebstrap splits paths at commas and whitespace.
+    let path = dir.path().join("hostctl.deb");
+    std::fs::copy(deb, &path).with_context(|| {
+        format!(
+            "copying --hostctl-deb {} to {}",
+            deb.display(),
+            path.display()
+        )
+    })?;
+    if let Err(why) = crate::compose::treefile::local_package_path(&path) {
+        bail!("{top}: key `install-hostctl`: the copy of --hostctl-deb: {why} (set TMPDIR)");
     }
-    let abs = std::fs::canonicalize(deb)
-        .with_context(|| format!("finding the absolute path of {}", deb.display()))?;
-    let f = fields(&abs).with_context(|| {
+    let f = fields(&path).with_context(|| {
         format!(
             "{top}: key `install-hostctl`: --hostctl-deb {} is not a Debian package",
             deb.display()
@@ -99,10 +118,10 @@ pub fn check(tf: &Treefile, deb: Option<&Path>) -> Result<PathBuf> {
             f.package
         );
     }
-    let arch = native_arch()?;
+    let arch = crate::compose::packages::arch_of(tf)?;
     if f.architecture != arch && f.architecture != "all" {
         bail!(
-            "{top}: key `install-hostctl`: --hostctl-deb {} is for architecture {}, this machine is {arch}",
+            "{top}: key `install-hostctl`: --hostctl-deb {} is for architecture {}, the tree is {arch}",
             deb.display(),
             f.architecture
         );
@@ -116,7 +135,11 @@ pub fn check(tf: &Treefile, deb: Option<&Path>) -> Result<PathBuf> {
             f.version
         );
     }
-    Ok(abs)
+    Ok(CheckedDeb {
+        _dir: dir,
+        path,
+        fields: f,
+    })
 }
 
 /// Whether the tree is built by apt (the treefile installs packages).
@@ -137,16 +160,44 @@ pub fn add_to(tf: &mut Treefile, deb: PathBuf) -> Option<PathBuf> {
     }
 }
 
-/// `dpkg-deb -x` of `deb` into `tree`: its files without a dpkg database
-/// entry (a tree without packages has no dpkg database).
+/// The files of `deb` into `tree`, without a dpkg database entry (a tree
+/// without packages has no dpkg database). Not `dpkg-deb -x`: it gives the
+/// directories it extracts into the package's modes, the tree's root and
+/// its base's `/usr` included; tar keeps existing directories as they are.
 pub fn extract(deb: &Path, tree: &Path) -> Result<()> {
     crate::progress::step(
         "compose",
         &format!("Extracting {} into the tree", deb.display()),
     );
-    crate::util::run(
-        Command::new("dpkg-deb").arg("-x").arg(deb).arg(tree),
+    let mut dpkg = Command::new("dpkg-deb")
+        .arg("--fsys-tarfile")
+        .arg(deb)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting dpkg-deb --fsys-tarfile {}", deb.display()))?;
+    let tar_in = dpkg.stdout.take().expect("piped stdout");
+    let tar = crate::util::run(
+        Command::new("tar")
+            .args([
+                "-x",
+                "--no-overwrite-dir",
+                "--same-owner",
+                "--same-permissions",
+                "-C",
+            ])
+            .arg(tree)
+            .stdin(tar_in),
         &format!("extracting {} into {}", deb.display(), tree.display()),
-    )?;
+    );
+    let status = dpkg
+        .wait()
+        .with_context(|| format!("waiting for dpkg-deb --fsys-tarfile {}", deb.display()))?;
+    tar?;
+    if !status.success() {
+        bail!(
+            "dpkg-deb --fsys-tarfile {} failed ({status})",
+            deb.display()
+        );
+    }
     Ok(())
 }

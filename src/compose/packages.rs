@@ -64,7 +64,7 @@ fn native_arch() -> Result<String> {
     Ok(out.trim().to_string())
 }
 
-fn arch_of(tf: &Treefile) -> Result<String> {
+pub(crate) fn arch_of(tf: &Treefile) -> Result<String> {
     match &tf.architecture {
         Some(a) => Ok(a.clone()),
         None => native_arch(),

@@ -43,12 +43,15 @@ pub fn run(args: &ComposeOptions) -> Result<Outcome> {
     check_inputs(&tf)?;
     // hostctl's package: checked before any work; a tree with packages gets
     // it from apt as a local package, one without has it extracted.
-    let extract_deb = if tf.install_hostctl {
-        let deb = hostctl_deb::check(&tf, args.hostctl_deb.as_deref())?;
-        hostctl_deb::add_to(&mut tf, deb)
+    // `checked_deb` holds the private copy until the compose ends.
+    let checked_deb = if tf.install_hostctl {
+        Some(hostctl_deb::check(&tf, args.hostctl_deb.as_deref())?)
     } else {
         None
     };
+    let extract_deb = checked_deb
+        .as_ref()
+        .and_then(|d| hostctl_deb::add_to(&mut tf, d.path.clone()));
     // Read before any work, so that a key that cannot sign fails the compose
     // in a second, not after the build, and never after the ref moved.
     let sign_key = args

@@ -192,6 +192,11 @@ fn validate(path: &Path, text: &str, raw: &RawTreefile) -> Result<()> {
             return Err(err("packages", format!("`{p}` is not a package name")));
         }
     }
+    for p in raw.local_packages.iter().flatten() {
+        if let Err(why) = local_package_path(p) {
+            return Err(err("local-packages", why));
+        }
+    }
     if let Some(v) = &raw.variant {
         if !VARIANTS.contains(&v.as_str()) {
             return Err(err(
@@ -573,6 +578,25 @@ fn line_of_key(text: &str, key: &str) -> Option<usize> {
         .map(|i| i + 1)
 }
 
+/// A local .deb's path as mmdebstrap can take it: `--include` splits its
+/// value at commas and whitespace, and its hooks' arguments at whitespace,
+/// so such a path would reach apt as pieces of another path.
+pub fn local_package_path(p: &Path) -> std::result::Result<(), String> {
+    let Some(text) = p.to_str() else {
+        return Err(format!("{} is not valid UTF-8", p.display()));
+    };
+    if text
+        .chars()
+        .any(|c| c == ',' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "`{text}`: a local package's path cannot hold a comma, whitespace or a control \
+             character (mmdebstrap splits its package list there): move or rename the file"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -617,6 +641,22 @@ build-host = "ci-7"
         assert!(e.starts_with("/t/host.toml:3:"), "{e}");
         assert!(e.contains("key `pacakges`"), "{e}");
         assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn local_package_paths_mmdebstrap_would_split_are_refused() {
+        for bad in ["a b.deb", "a,b.deb", "x/\\tb.deb"] {
+            let e = parse(&format!(
+                "ref = \"a\"\npackages = [\"vim\"]\nlocal-packages = [\"{bad}\"]\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.starts_with("/t/host.toml:3:"), "{e}");
+            assert!(e.contains("key `local-packages`"), "{e}");
+            assert!(e.contains("comma, whitespace"), "{e}");
+        }
+        parse("ref = \"a\"\npackages = [\"vim\"]\nlocal-packages = [\"x/a_1.0+b~1.deb\"]\n")
+            .unwrap();
     }
 
     #[test]

@@ -167,7 +167,11 @@ pub struct UpgradeReport {
 fn print_json<T: Serialize>(value: &T, what: &str) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .with_context(|| format!("serialising the JSON of {what}"))?;
-    println!("{text}");
+    // Not println!: with the reader gone (`| head -n1`) it panics (exit
+    // 101); an error keeps the exit statuses cli.md lists.
+    use std::io::Write;
+    writeln!(std::io::stdout().lock(), "{text}")
+        .with_context(|| format!("writing the JSON of {what} to stdout"))?;
     Ok(())
 }
 
