@@ -50,7 +50,6 @@ pub fn fields(deb: &Path) -> Result<DebFields> {
 pub struct CheckedDeb {
     _dir: tempfile::TempDir,
     pub path: PathBuf,
-    pub fields: DebFields,
 }
 
 /// Check `deb` (the `--hostctl-deb` file) against a treefile with
@@ -135,16 +134,7 @@ pub fn check(tf: &Treefile, deb: Option<&Path>) -> Result<CheckedDeb> {
             f.version
         );
     }
-    Ok(CheckedDeb {
-        _dir: dir,
-        path,
-        fields: f,
-    })
-}
-
-/// Whether the tree is built by apt (the treefile installs packages).
-pub fn tree_has_packages(tf: &Treefile) -> bool {
-    !tf.packages.is_empty() || !tf.local_packages.is_empty()
+    Ok(CheckedDeb { _dir: dir, path })
 }
 
 /// Put the checked `deb` into the compose: for a tree with packages it
@@ -152,7 +142,7 @@ pub fn tree_has_packages(tf: &Treefile) -> bool {
 /// `None` is returned; for a tree without packages its path is returned, to
 /// be extracted with [`extract`] and hashed by the caller.
 pub fn add_to(tf: &mut Treefile, deb: PathBuf) -> Option<PathBuf> {
-    if tree_has_packages(tf) {
+    if tf.has_packages() {
         tf.local_packages.push(deb);
         None
     } else {

@@ -42,7 +42,8 @@ pub fn default_cachedir() -> PathBuf {
 
 /// Where hostctl finds the files it ships into Debian trees (`dracut/`; the
 /// binary, units and docs come from its package, see `hostctl_deb`):
-/// `$HOSTCTL_DATADIR` at run time, else the directory named by `HOSTCTL_BUILD_DATADIR` when the binary was built (the
+/// `$HOSTCTL_DATADIR` at run time, else the directory named by
+/// `HOSTCTL_BUILD_DATADIR` when the binary was built (the
 /// Debian package sets `/usr/share/hostctl`, since its binary outlives the
 /// build tree), else the source checkout it was built from.
 pub fn datadir() -> PathBuf {
@@ -109,7 +110,7 @@ fn selectors(tf: &Treefile, arch: &str) -> Result<Vec<String>> {
 /// packages, hostctl's own among them, are hashed by content as inputs.)
 pub fn resolve(tf: &Treefile, cachedir: &Path) -> Result<String> {
     let mut text = String::new();
-    if tf.packages.is_empty() && tf.local_packages.is_empty() {
+    if !tf.has_packages() {
         return Ok(text);
     }
     let apt = private_apt(tf, cachedir)?;
@@ -167,7 +168,7 @@ fn hash_dracut_files(text: &mut String) -> Result<()> {
 /// `accounts`: a directory with the `passwd`, `group`, `shadow` and `gshadow`
 /// of the ref's previous commit, if any (see `install_packages`).
 pub fn install(tf: &Treefile, tree: &Path, cachedir: &Path, accounts: Option<&Path>) -> Result<()> {
-    if !tf.packages.is_empty() || !tf.local_packages.is_empty() {
+    if tf.has_packages() {
         install_packages(tf, tree, cachedir, accounts)?;
     }
     Ok(())

@@ -348,7 +348,7 @@ pub fn build_tree(
     postprocess::check::check_assembled(tree)?;
     progress::step("compose", "Converting the tree to the OSTree layout");
     postprocess::ostree_layout(tree)?;
-    let from_packages = !tf.packages.is_empty() || !tf.local_packages.is_empty();
+    let from_packages = tf.has_packages();
     postprocess::check::check_deployable(tree, from_packages)?;
     Ok((installed, carried))
 }

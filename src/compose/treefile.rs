@@ -81,6 +81,14 @@ pub struct Treefile {
     pub containers: Vec<ContainerSpec>,
 }
 
+impl Treefile {
+    /// The tree is built by apt: the treefile installs packages, from the
+    /// mirror or local .deb files.
+    pub fn has_packages(&self) -> bool {
+        !self.packages.is_empty() || !self.local_packages.is_empty()
+    }
+}
+
 pub const DEFAULT_SUITE: &str = "bookworm";
 
 /// Parse one treefile's text. `path` is used for messages and to make relative

@@ -8,7 +8,6 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -214,21 +213,6 @@ fn head_and_parent(repo: &ostree::Repo, rev: &str) -> Result<(String, String)> {
         bail!("{rev} ({head}) has no parent commit to compare with; give FROM and TO");
     };
     Ok((parent.to_string(), head))
-}
-
-/// `hostctl db diff --repo REPO [FROM] [TO]`: the two commits compared
-/// and what changed between them.
-pub fn repo_diff(
-    repo_path: &Path,
-    from: Option<&str>,
-    to: Option<&str>,
-) -> Result<(String, String, crate::format::images::Changes)> {
-    let repo = ostree::Repo::new_for_path(repo_path);
-    repo.open(gio::Cancellable::NONE)
-        .with_context(|| format!("opening repo {}", repo_path.display()))?;
-    let (a, b) = repo_endpoints(&repo, from, to)?;
-    let changes = crate::format::images::changes_required(&repo, &a, &repo, &b)?;
-    Ok((a, b, changes))
 }
 
 #[cfg(test)]

@@ -324,20 +324,18 @@ pub fn upgrade(t: &Target, args: &UpgradeOptions) -> Result<Outcome> {
     let decision = decide_update(&current, &refspec, &head, args.allow_downgrade, args.json)?;
     let skipped = args.skip.contains(&head.checksum);
     if args.json {
-        let (files, changes) = match (args.preview, decision) {
-            (false, _) => (None, None),
+        let (files, changes) = if args.preview {
             // The same commit: nothing changes (and the probe repository
             // need not hold its tree).
-            (true, Decision::Unchanged) => {
-                let (files, changes) =
-                    preview_changes(&repo, &current.checksum, &repo, &current.checksum)?;
-                (Some(files), Some(changes))
-            }
-            (true, _) => {
-                let (files, changes) =
-                    preview_changes(&repo, &current.checksum, &probe.repo, &head.checksum)?;
-                (Some(files), Some(changes))
-            }
+            let (new_repo, new) = if decision == Decision::Unchanged {
+                (&repo, &current.checksum)
+            } else {
+                (&probe.repo, &head.checksum)
+            };
+            let (files, changes) = preview_changes(&repo, &current.checksum, new_repo, new)?;
+            (Some(files), Some(changes))
+        } else {
+            (None, None)
         };
         print_json(
             &UpgradeReport {
@@ -609,14 +607,7 @@ pub fn db_diff(t: &Target, args: &DbDiffOptions) -> Result<Outcome> {
     let (a, b) = (deps[from].csum(), deps[to].csum());
     let changes = images::changes_required(&repo, &a, &repo, &b)?;
     if args.json {
-        print_json(
-            &DiffReport {
-                from: Endpoint::new(&commit_info(&repo, &a)?, Some(from)),
-                to: Endpoint::new(&commit_info(&repo, &b)?, Some(to)),
-                changes,
-            },
-            "db diff",
-        )?;
+        print_diff_json(&repo, (&a, Some(from)), (&b, Some(to)), changes)?;
     } else {
         println!("Deployment {from} ({a}) -> deployment {to} ({b}):");
         print!("{}", images::render_changes(&changes));
@@ -627,21 +618,31 @@ pub fn db_diff(t: &Target, args: &DbDiffOptions) -> Result<Outcome> {
 /// `hostctl db diff --repo REPO [FROM [TO]]`: two commits of a build
 /// repository.
 fn repo_db_diff(repo_path: &Path, args: &DbDiffOptions) -> Result<Outcome> {
-    let (a, b, changes) = pkglist::repo_diff(repo_path, args.from.as_deref(), args.to.as_deref())?;
+    let repo = crate::format::repo::open(repo_path)?;
+    let (a, b) = pkglist::repo_endpoints(&repo, args.from.as_deref(), args.to.as_deref())?;
+    let changes = images::changes_required(&repo, &a, &repo, &b)?;
     if args.json {
-        let repo = crate::format::repo::open(repo_path)?;
-        print_json(
-            &DiffReport {
-                from: Endpoint::new(&commit_info(&repo, &a)?, None),
-                to: Endpoint::new(&commit_info(&repo, &b)?, None),
-                changes,
-            },
-            "db diff",
-        )?;
+        print_diff_json(&repo, (&a, None), (&b, None), changes)?;
     } else {
         print!("From {a}\nTo   {b}\n{}", images::render_changes(&changes));
     }
     Ok(Outcome::Done)
+}
+
+/// `db diff --json`: commits (with their deployment index, if deployed) and
+/// the changes between them.
+fn print_diff_json(
+    repo: &ostree::Repo,
+    from: (&str, Option<usize>),
+    to: (&str, Option<usize>),
+    changes: images::Changes,
+) -> Result<()> {
+    let report = DiffReport {
+        from: Endpoint::new(&commit_info(repo, from.0)?, from.1),
+        to: Endpoint::new(&commit_info(repo, to.0)?, to.1),
+        changes,
+    };
+    print_json(&report, "db diff")
 }
 
 /// Where `boot-check` records an automatic rollback, for `hostctl status`.
