@@ -312,8 +312,9 @@ pub fn upgrade(t: &Target, args: &UpgradeOptions) -> Result<Outcome> {
     let unchanged = Outcome::Unchanged {
         exit_77: args.unchanged_exit_77,
     };
+    let skipped = args.skip.contains(&head.checksum);
     // Only the agent skips commits, and it never asks for JSON.
-    if args.skip.contains(&head.checksum) && !args.json {
+    if skipped && !args.json {
         println!(
             "Skipping {}: it failed to boot on this host; waiting for a newer commit.",
             describe(&head)
@@ -322,7 +323,6 @@ pub fn upgrade(t: &Target, args: &UpgradeOptions) -> Result<Outcome> {
     }
     let current = commit_info(&repo, &current_dep.csum())?;
     let decision = decide_update(&current, &refspec, &head, args.allow_downgrade, args.json)?;
-    let skipped = args.skip.contains(&head.checksum);
     if args.json {
         let (files, changes) = if args.preview {
             // The same commit: nothing changes (and the probe repository
